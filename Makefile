@@ -1,0 +1,72 @@
+# nfstudy: every figure is `make <figure>`; see README.md.
+#   make fig2                         paper profile, seed 0
+#   make fig2 PROFILE=quick SEEDS="0 1 2"
+#   make -j3 fig2 SEEDS="0 1 2"       the seeds in parallel, then one cross-seed figure
+PROFILE ?= paper
+SEEDS   ?= 0
+DEVICE  ?= auto
+DATASET ?=
+PARAMS  ?=
+PYTHON  ?= python3
+VENV    ?= .venv
+
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NF    := $(PY) -m nfstudy
+
+# A figure exists when its papermill template does: notebooks/<figure>.ipynb.
+FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
+
+.PHONY: help setup test quick figs report bench lock clean $(FIGURES)
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make quick            every figure at small scale (offline, CPU, minutes)"
+	@echo "make test             the test suite"
+	@echo "make <figure>         one of: $(FIGURES)"
+	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
+	@echo "make figs | report | bench | setup"
+
+setup: $(STAMP)
+
+# The environment is rebuilt whenever the lock or the package metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# One target per (figure, seed) so that `make -j` runs seeds in parallel; the figure
+# target then draws the figure and the claims over every seed present.
+define FIGURE_RULES
+$(1): $(addprefix $(1)-seed,$(SEEDS))
+	$(NF) aggregate $(1) --profile $(PROFILE)
+$(1)-seed%: $(STAMP)
+	$(NF) run $(1) --profile $(PROFILE) --seed $$* --device $(DEVICE) $(if $(DATASET),--dataset $(DATASET)) --no-aggregate $(PARAMS)
+endef
+$(foreach f,$(FIGURES),$(eval $(call FIGURE_RULES,$(f))))
+
+figs: $(FIGURES)
+
+quick:
+	$(MAKE) figs PROFILE=quick
+
+report: $(STAMP)
+	$(NF) report
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# Re-resolve the stack in a scratch venv and write the exact versions back.
+lock:
+	rm -rf /tmp/nfstudy-lock && $(PYTHON) -m venv /tmp/nfstudy-lock
+	/tmp/nfstudy-lock/bin/pip install -q torch==2.13.0 torchvision==0.28.0 pandas seaborn matplotlib \
+	    jupyter papermill ipykernel scikit-learn tqdm pytest timm
+	{ sed -n '/^#/p' requirements.lock; /tmp/nfstudy-lock/bin/pip freeze --all | grep -v '^pip=' \
+	    | sed 's/+cpu$$//'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info
