@@ -1,0 +1,207 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nfstudy.models import (
+    INITS,
+    NORMS,
+    RELU_GAMMA,
+    NFBlock,
+    ScaledStdConv2d,
+    cifar_resnet,
+    create_model,
+    get_layer,
+    remove_batchnorm,
+    swap_convs_for_ws,
+    swap_relus_for_scaled,
+    weight_layers,
+)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_forward_shape_and_layer_count(norm, depth):
+    torch.manual_seed(0)
+    model = cifar_resnet(depth, norm, num_classes=7)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    layers = model.weight_layers()
+    assert len(layers) == depth
+    assert [layer.depth for layer in layers] == list(range(1, depth + 1))
+    assert layers[0].name == "conv1" and layers[-1].name == "fc"
+    if norm == "bn":
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == depth - 1
+    else:
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_layer_55_of_resnet110_is_the_middle_conv_of_every_variant():
+    names = {norm: get_layer(cifar_resnet(110, norm), 55).name for norm in NORMS}
+    # stem = 1, stage 1 = layers 2..37, stage 2 starts at 38: layer 55 = block 8, conv 2
+    assert set(names.values()) == {"layer2.8.branch.conv2"}
+
+
+def test_layer_out_of_range_names_the_valid_range():
+    model = cifar_resnet(20, "bn")
+    with pytest.raises(IndexError, match=r"1\.\.20"):
+        model.layer(21)
+    with pytest.raises(IndexError, match=r"1\.\.20"):
+        get_layer(model, 0)
+    with pytest.raises(TypeError):
+        get_layer(model, "5")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"depth": 21}, "6n\\+2"),
+        ({"norm": "batchnorm"}, "bn, none, ws, nf"),
+        ({"init": "orthogonal"}, "kaiming_fan_out, kaiming_fan_in, xavier_uniform"),
+    ],
+)
+def test_bad_configuration_lists_the_choices(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cifar_resnet(**{"depth": 20, **kwargs})
+
+
+def test_create_model_by_name():
+    assert create_model("resnet56", "nf").config.depth == 56
+    with pytest.raises(ValueError, match="resnet20, resnet32, resnet44, resnet56, resnet110"):
+        create_model("resnet51")
+    with pytest.raises(ValueError, match="unknown model 'vgg16'"):
+        create_model("vgg16")
+
+
+def _channel_variances(model, x):
+    """Average channel variance of the input of the network and of every block output."""
+    found = []
+    hooks = [b.register_forward_hook(lambda m, i, o: found.append(o.var(dim=(0, 2, 3)).mean().item())) for _, b in model.blocks()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def test_nf_keeps_channel_variance_order_one_while_no_bn_grows():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 32, 32)
+    none = _channel_variances(cifar_resnet(110, "none").eval(), x)
+    nf = _channel_variances(cifar_resnet(110, "nf", skip_gain_init=1.0).eval(), x)
+    nf_skip = _channel_variances(cifar_resnet(110, "nf").eval(), x)
+    # No BN: each block roughly doubles the variance (He init keeps Var(f(x)) ~ Var(x)).
+    assert none[-1] / none[0] > 1e10
+    # NF: the analytic recursion Var += alpha^2 per block, reset at each stage's first block,
+    # predicts 1 + 18 * 0.04 = 1.72 at the end of a stage; allow a factor 2 for the
+    # finite batch and the spatial correlations of real features.
+    assert max(nf) < 4.0 and min(nf) > 0.25
+    assert nf[-1] == pytest.approx(1 + 18 * 0.2**2, rel=0.5)
+    # SkipInit (gain 0): every block output is its shortcut, variance stays ~1.
+    assert max(nf_skip) < 2.0 and min(nf_skip) > 0.25
+
+
+def test_nf_betas_follow_the_analytic_variance_recursion():
+    model = cifar_resnet(20, "nf")
+    betas = [b.beta for _, b in model.blocks()]
+    a2 = 0.2**2
+    expected_var = [1.0, 1 + a2, 1 + 2 * a2, 1 + 3 * a2, 1 + a2, 1 + 2 * a2, 1 + 3 * a2, 1 + a2, 1 + 2 * a2]
+    assert betas == pytest.approx([math.sqrt(v) for v in expected_var])
+    blocks = [b for _, b in model.blocks()]
+    assert all(isinstance(b, NFBlock) for b in blocks)
+    assert [b.shortcut is not None for b in blocks] == [False, False, False, True, False, False, True, False, False]
+    assert all(b.skip_gain.item() == 0.0 and b.skip_gain.requires_grad for b in blocks)
+
+
+def test_scaled_relu_preserves_unit_variance():
+    torch.manual_seed(0)
+    z = torch.randn(2_000_000)
+    y = torch.relu(z) * RELU_GAMMA
+    assert y.var().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_scaled_ws_conv_matches_its_definition_and_timm():
+    timm_std_conv = pytest.importorskip("timm.layers.std_conv")
+    torch.manual_seed(0)
+    conv = ScaledStdConv2d(8, 16, 3, padding=1, bias=False)
+    nn.init.normal_(conv.gain, 1.0, 0.3)
+    w = conv.weight
+    fan_in = w[0].numel()
+    expected = conv.gain * (w - w.mean((1, 2, 3), keepdim=True)) / torch.sqrt(fan_in * w.var((1, 2, 3), unbiased=False, keepdim=True))
+    assert torch.allclose(conv.standardized_weight(), expected, atol=1e-6)
+    # Each standardised filter has zero mean and squared norm gain^2.
+    ws = conv.standardized_weight().detach()
+    assert ws.mean((1, 2, 3)).abs().max() < 1e-6
+    assert torch.allclose(ws.pow(2).sum((1, 2, 3)), conv.gain.detach().flatten() ** 2, rtol=1e-4)
+    # timm's ScaledStdConv2d (gamma = 1) agrees where eps is negligible against N * var.
+    ref = timm_std_conv.ScaledStdConv2d(8, 16, 3, padding=1, bias=False, gamma=1.0, eps=1e-12)
+    with torch.no_grad():
+        ref.weight.copy_(conv.weight)
+        ref.gain.copy_(conv.gain)
+    x = torch.randn(4, 8, 10, 10)
+    assert torch.allclose(conv(x), ref(x), atol=1e-5)
+
+
+def test_scaled_ws_differs_from_timm_only_in_where_eps_goes():
+    # Official NF code guards with max(N * var, 1e-4); timm adds eps inside the root:
+    # for a (near-)constant filter ours divides by sqrt(1e-4), timm's by sqrt(N * eps).
+    timm_std_conv = pytest.importorskip("timm.layers.std_conv")
+    conv = ScaledStdConv2d(1, 1, 3, bias=False)
+    ref = timm_std_conv.ScaledStdConv2d(1, 1, 3, bias=False, gamma=1.0, eps=1e-4)
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+        conv.weight[0, 0, 0, 0] += 1e-4
+        ref.weight.copy_(conv.weight)
+    x = torch.randn(1, 1, 3, 3)
+    with torch.no_grad():
+        ours, theirs = conv(x), ref(x)
+        assert not torch.allclose(ours, theirs, rtol=0.1)
+        # N * var = 1e-8 * 72/81 < 1e-4, so the guard applies: max |w_hat| = (1e-4 * 8/9) / sqrt(1e-4)
+        assert conv.standardized_weight().abs().max().item() == pytest.approx((1e-4 * 8 / 9) / math.sqrt(1e-4), rel=1e-3)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_init_schemes_set_the_documented_scales(init):
+    torch.manual_seed(0)
+    model = cifar_resnet(20, "bn", init=init)
+    conv = model.layer3[0].branch.conv2  # 64 -> 64, 3x3: fan_in = fan_out = 576
+    std = conv.weight.std().item()
+    expected = {"kaiming_fan_out": math.sqrt(2 / 576), "kaiming_fan_in": math.sqrt(2 / 576), "xavier_uniform": math.sqrt(2 / 1152)}
+    assert std == pytest.approx(expected[init], rel=0.05)
+    first = model.layer2[0].branch.conv1  # 16 -> 32: fan_in 144, fan_out 288 tell the kaimings apart
+    expected_first = {"kaiming_fan_out": math.sqrt(2 / 288), "kaiming_fan_in": math.sqrt(2 / 144), "xavier_uniform": math.sqrt(2 / 432)}
+    assert first.weight.std().item() == pytest.approx(expected_first[init], rel=0.05)
+
+
+def test_surgery_on_torchvision_resnet101():
+    from nfstudy.compat import import_torchvision
+
+    tv = import_torchvision()
+    model = tv.models.resnet101(num_classes=10)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    n_conv = sum(type(m) is nn.Conv2d for m in model.modules())
+    assert len(weight_layers(model)) == 101  # downsample convs are not on the main path
+    before = weight_layers(model)[54]
+    remove_batchnorm(model)
+    assert n_bn == 104 and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.Identity) for m in model.modules()) >= n_bn
+    swap_convs_for_ws(model)
+    swap_relus_for_scaled(model)
+    ws = [m for m in model.modules() if isinstance(m, ScaledStdConv2d)]
+    assert len(ws) == n_conv and not any(type(m) is nn.Conv2d for m in model.modules())
+    after = weight_layers(model)[54]
+    assert after.name == before.name and torch.equal(after.module.weight, before.module.weight)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_surgery_keeps_conv_config_and_weights():
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2, bias=True)
+    model = nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU())
+    swap_convs_for_ws(remove_batchnorm(model))
+    ws = model[0]
+    assert isinstance(ws, ScaledStdConv2d) and isinstance(model[1], nn.Identity)
+    assert (ws.stride, ws.padding, ws.groups) == ((2, 2), (1, 1), 2)
+    assert torch.equal(ws.weight, conv.weight) and torch.equal(ws.bias, conv.bias)
