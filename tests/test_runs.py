@@ -1,0 +1,83 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from nfstudy import runs
+from nfstudy.claims import Claim, across_seeds, claims_table
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "t.csv"
+    runs.atomic_write_csv(pd.DataFrame({"a": [1, 2]}), path)
+    assert pd.read_csv(path)["a"].tolist() == [1, 2]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # readable by others, like any result
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_a_crash_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    runs.atomic_write_csv(pd.DataFrame({"a": [1]}), path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", crash)  # dies after writing the temp file, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        runs.atomic_write_csv(pd.DataFrame({"a": list(range(10_000))}), path)
+    assert pd.read_csv(path)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_run_json_tracks_status(results_root):
+    with runs.Run.start("figx", "quick", 3, {"depth": 20}, dataset="digits", device="cpu") as run:
+        meta = json.loads((run.dir / "run.json").read_text())
+        assert meta["status"] == "running" and meta["finished"] is None
+        written = run.save_tables({"t": pd.DataFrame({"x": [1.5]})})
+    assert run.dir == results_root / "figx" / "quick" / "seed=3"
+    assert written["t"].columns.tolist() == ["seed", "x"]
+    meta = runs.read_run(run.dir)
+    assert meta["status"] == "completed" and meta["duration_s"] >= 0
+    assert meta["params"] == {"depth": 20} and meta["dataset"] == "digits" and meta["device"].startswith("cpu")
+    assert meta["versions"]["torch"] and "commit" in meta["git"]
+
+
+@pytest.mark.parametrize("error, status", [(KeyboardInterrupt, "interrupted"), (ValueError, "failed")])
+def test_interrupted_or_failed_runs_say_so_and_are_skipped(results_root, error, status):
+    with runs.Run.start("figx", "quick", 0) as good:
+        good.save_table("t", pd.DataFrame({"x": [1]}))
+    with pytest.raises(error):
+        with runs.Run.start("figx", "quick", 1) as bad:
+            bad.save_table("t", pd.DataFrame({"x": [2]}))
+            raise error("boom")
+    assert runs.read_run(bad.dir)["status"] == status
+    with pytest.warns(UserWarning, match=f"seed=1.*{status}"):
+        table = runs.load_table("figx", "t", "quick")
+    assert table["x"].tolist() == [1]
+
+
+def test_load_table_concatenates_seeds_in_order(results_root):
+    for seed in (10, 2, 1):
+        with runs.Run.start("figx", "quick", seed) as run:
+            run.save_table("t", pd.DataFrame({"x": [seed, seed]}))
+    df = runs.load_table("figx", "t", "quick")
+    assert df["seed"].tolist() == [1, 1, 2, 2, 10, 10]
+    assert runs.load_table("figx", "t", "quick", seeds=[2])["x"].tolist() == [2, 2]
+    assert set(runs.load_tables("figx", "quick")) == {"t"}
+    with pytest.raises(FileNotFoundError, match="tables of this run: t"):
+        runs.load_table("figx", "nope", "quick")
+    with pytest.raises(FileNotFoundError, match="make figy PROFILE=quick"):
+        runs.load_table("figy", "t", "quick")
+
+
+def test_claims_table_and_across_seeds():
+    one = claims_table("f", [Claim("big", "ratio", 12.0, ">=", 10.0), Claim("small", "x", float("nan"), "<", 1.0)])
+    assert one.columns.tolist() == ["figure", "claim", "metric", "value", "comparison", "threshold", "passed"]
+    assert one["passed"].tolist() == [True, False]  # NaN never passes
+    two = claims_table("f", [Claim("big", "ratio", 8.0, ">=", 10.0), Claim("small", "x", 0.5, "<", 1.0)])
+    summary = across_seeds(pd.concat([one.assign(seed=0), two.assign(seed=1)]))
+    big = summary.set_index("claim").loc["big"]
+    assert big["value"] == 10.0 and big["n_seeds"] == 2 and big["n_passed"] == 1 and not big["passed"]
+    with pytest.raises(ValueError, match="comparison"):
+        Claim("c", "m", 1.0, "=>", 0.0)
