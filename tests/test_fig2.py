@@ -1,0 +1,116 @@
+"""Figure 2 end to end: the experiment, the notebook through papermill, the CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from nfstudy import figures
+from nfstudy.cli import main
+
+# Small but deep enough for the claim (21 residual blocks): layer 22 is the middle of a ResNet-44.
+TINY = ["-p", "depth", "44", "-p", "layer", "22", "-p", "batch_size", "32"]
+
+
+def test_experiment_tables_and_claims_at_tiny_size():
+    from experiments import fig2, params_for
+
+    params = params_for("fig2", "quick", depth=44, layer=10, batch_size=32)
+    tables = fig2.run(params, seed=0, device="cpu")
+    values, summary = tables["gradient_values"], tables["gradient_summary"]
+    assert summary["series"].tolist() == ["bn", "none", "nf"]
+    # ResNet-44: stem = 1, stage 1 = layers 2..15 (7 blocks), so layer 10 is block 4, conv 1
+    assert (summary["layer_name"] == "layer1.4.branch.conv1").all()
+    assert values.groupby("series").size().tolist() == [16 * 16 * 9] * 3  # a 16 -> 16 3x3 kernel
+    # The summary is a direct computation on the values.
+    for series, v in values.groupby("series"):
+        s = summary.set_index("series").loc[series]
+        assert s["std"] == pytest.approx(v["value"].std(ddof=0), rel=1e-9)
+        assert s["max_abs"] == pytest.approx(v["value"].abs().max(), rel=1e-6)
+    claims = figures.load("fig2").claims({k: df.assign(seed=0) for k, df in tables.items()})
+    assert [c.passed for c in claims] == [True, True, True]
+    again = fig2.run(params, seed=0, device="cpu")
+    pd.testing.assert_frame_equal(again["gradient_values"], values)
+    other = fig2.run(params, seed=1, device="cpu")
+    assert not other["gradient_values"]["value"].equals(values["value"])
+
+
+def test_bad_parameters_name_the_fix():
+    from experiments import params_for
+
+    with pytest.raises(ValueError, match="layer must be a weight layer 1..20"):
+        params_for("fig2", "quick", depth=20, layer=55)
+    with pytest.raises(ValueError, match="unknown series 'batchnorm'"):
+        params_for("fig2", "quick", series=["bn", "batchnorm"])
+    with pytest.raises(ValueError, match="unknown dataset 'mnist': choose one of cifar10, digits, synthetic"):
+        params_for("fig2", "quick", dataset="mnist")
+    with pytest.raises(ValueError, match="unknown profile 'fast': choose one of paper, quick"):
+        params_for("fig2", "fast")
+
+
+@pytest.mark.slow
+def test_papermill_run_writes_every_contract_file_and_is_reproducible(results_root):
+    assert main(["run", "fig2", "--profile", "quick", "--seeds", "0", "1", "--device", "cpu", *TINY]) == 0
+    base = results_root / "fig2" / "quick"
+    for seed in (0, 1):
+        folder = base / f"seed={seed}"
+        names = {p.name for p in folder.iterdir()}
+        assert names == {"fig2.ipynb", "run.json", "gradient_values.csv", "gradient_summary.csv", "claims.csv", "fig2.png"}
+        meta = json.loads((folder / "run.json").read_text())
+        assert meta["status"] == "completed" and meta["seed"] == seed and meta["params"]["depth"] == 44
+        claims = pd.read_csv(folder / "claims.csv")
+        assert claims.columns.tolist()[:7] == ["seed", "figure", "claim", "metric", "value", "comparison", "threshold"]
+        assert claims["passed"].all()
+        executed = json.loads((folder / "fig2.ipynb").read_text())
+        images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) == 1  # the figure, shown once
+    summary = pd.read_csv(base / "claims.csv")
+    assert (summary["n_seeds"] == 2).all() and summary["passed"].all()
+    assert (base / "fig2.png").stat().st_size > 10_000
+    # The same seed again gives byte-identical tables.
+    before = {p.name: p.read_bytes() for p in (base / "seed=0").glob("*.csv")}
+    assert main(["run", "fig2", "--profile", "quick", "--seed", "0", "--device", "cpu", "--no-aggregate", *TINY]) == 0
+    after = {p.name: p.read_bytes() for p in (base / "seed=0").glob("*.csv")}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_marked_and_names_its_notebook(results_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NFSTUDY_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("NFSTUDY_OFFLINE", "1")
+    code = main(["run", "fig2", "--profile", "quick", "--seed", "0", "--device", "cpu", "--dataset", "cifar10", *TINY])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "DatasetNotFoundError" in err and "cifar-10-python.tar.gz" in err and "fig2.ipynb" in err
+    folder = results_root / "fig2" / "quick" / "seed=0"
+    assert json.loads((folder / "run.json").read_text())["status"] == "failed"
+    assert not list(folder.glob("*.csv")) and not list(folder.glob(".*"))  # nothing half-written
+
+
+def test_cli_rejects_unknown_figure_and_parameter(results_root, capsys):
+    assert main(["run", "fig99"]) == 2
+    assert "unknown figure 'fig99': choose one of" in capsys.readouterr().err
+    assert main(["run", "fig2", "--profile", "quick", "-p", "detph", "20"]) == 2
+    assert "valid parameters are dataset, depth, layer" in capsys.readouterr().err
+    assert main(["run", "fig2", "--profile", "quick", "-p", "depth", "deep"]) == 2
+    assert "depth must be an int" in capsys.readouterr().err
+    assert main(["run", "fig2", "--profile", "huge"]) == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
+    assert not results_root.exists()  # nothing was started
+
+
+def test_every_notebook_exposes_every_parameter_of_its_experiment():
+    import dataclasses
+
+    import nbformat
+
+    import experiments
+    from nfstudy.cli import RUN_PARAMETERS, figures_available
+
+    for figure in figures_available():
+        nb = nbformat.read(f"notebooks/{figure}.ipynb", as_version=4)
+        assert nb.metadata["kernelspec"]["language"] == "python"
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and not line.startswith("#")}
+        fields = {f.name for f in dataclasses.fields(experiments.load(figure).Params)}
+        assert names == fields | set(RUN_PARAMETERS), figure
