@@ -63,7 +63,8 @@ class Params:
         if len(self.learning_rates) != len(self.series):
             raise ValueError(
                 f"learning_rates needs one value per series: {len(self.series)} series "
-                f"({', '.join(self.series)}) but {len(self.learning_rates)} learning rates"
+                f"({', '.join(self.series)}) but {len(self.learning_rates)} learning rates; "
+                "give both, e.g. -p series '[\"bn\", \"none\"]' -p learning_rates '[0.1, 0.0001]'"
             )
         for lr in self.learning_rates:
             check_positive("learning rate", lr)
@@ -89,9 +90,10 @@ class Params:
 PROFILES = {
     # Bjorck et al.: ResNet-110 on CIFAR-10, batch 128; the step-size grid is the public reproduction's.
     "paper": Params(),
-    # The bundled digits; ResNet-56 (27 residual blocks: deep enough that the no-BN
-    # network's loss explodes at small steps), batch 64 and 25 step sizes (4 per decade).
-    "quick": Params(dataset="digits", depth=56, batch_size=64, n_step_sizes=25),
+    # The same ResNet-110 on the bundled digits, batch 64, 19 step sizes (3 per decade).
+    # Depth matters: at ResNet-56 the no-BN network's band of loss-lowering steps is only
+    # ~3x narrower than BN's at mini-batch 7, against 100x and more at 110.
+    "quick": Params(dataset="digits", batch_size=64, n_step_sizes=19),
 }
 
 
