@@ -35,11 +35,13 @@ def _as_relative(df: pd.DataFrame) -> np.ndarray:
 def plot(tables: dict[str, pd.DataFrame]):
     """Rows: series (BN, no BN, NF); columns: probed mini-batches. Both axes log.
 
-    One seed: the relative loss per step size. Several: the median over seeds and a band
-    from the smallest to the largest seed. Values above 10^6 and non-finite ones (the loss
-    overflowed) are drawn as triangles on the top edge; past the first diverging step the
-    line is faded (the network is wrecked there: a net whose ReLUs are all off outputs its
-    classifier's bias, and its loss can fall back below the loss before).
+    One seed: the relative loss per step size. Several: the median over seeds (taken on
+    the log scale) and a band from the smallest to the largest seed. Values above 10^6 and
+    non-finite ones (the loss overflowed) are drawn as triangles on the top edge; past the
+    first diverging step the line is faded (the network is wrecked there: a net whose ReLUs
+    are all off outputs its classifier's bias, and its loss can fall back below the loss
+    before). A seed whose training had already diverged before the probed batch (its loss
+    before the step is not finite) is left out of that panel, and the panel says so.
     """
     df = tables["relative_loss"]
     series, batches = _order(df["series"]), sorted(df["batch"].unique())
@@ -54,14 +56,24 @@ def plot(tables: dict[str, pd.DataFrame]):
         for column, b in enumerate(batches):
             ax = axes[row][column]
             g = df[(df["series"] == s) & (df["batch"] == b)]
+            trained = np.isfinite(g["loss_before"].to_numpy(dtype=float))
+            gone = sorted(g.loc[~trained, "seed"].unique())
+            if gone:
+                ax.text(0.03, 0.97, f"training diverged before this batch: seed {', '.join(map(str, gone))}",
+                        transform=ax.transAxes, va="top", fontsize=7, color=color)
+            g = g[trained]
+            _style_panel(ax, lr, bottom, row, column, b, len(series))
+            if g.empty:
+                continue
             wide = g.assign(relative=_as_relative(g)).pivot_table(
                 index="step_size", columns="seed", values="relative", aggfunc="first"
             )
             steps = wide.index.to_numpy()
             values = wide.to_numpy()
-            median = np.median(values, axis=1)
+            with np.errstate(divide="ignore"):
+                median = np.exp(np.median(np.log(values), axis=1))  # the geometric middle: log-scale data
             shown = np.minimum(median, Y_CEILING)
-            if len(seeds) > 1:
+            if wide.shape[1] > 1:
                 low = np.minimum(values.min(axis=1), Y_CEILING)
                 high = np.minimum(values.max(axis=1), Y_CEILING)
                 ax.fill_between(steps, low, high, color=color, alpha=0.25, lw=0)
@@ -72,16 +84,6 @@ def plot(tables: dict[str, pd.DataFrame]):
             off = median >= Y_CEILING
             if off.any():
                 ax.plot(steps[off], np.full(off.sum(), Y_CEILING), "^", color=color, ms=5, mec="black", mew=0.5)
-            ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
-            ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
-            ax.axvline(lr, color="0.2", lw=0.8, ls="-.")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_ylim(bottom, Y_CEILING * 3)
-            if row == 0:
-                ax.set_title(f"mini-batch {b}")
-            if row == len(series) - 1:
-                ax.set_xlabel("step size along the update")
         axes[row][0].set_ylabel(f"{series_label(s)}, lr={lr:g}\nloss after / loss before")
     handles = [
         Line2D([], [], color="0.3", lw=0.8, ls="--", label="no change"),
@@ -96,6 +98,19 @@ def plot(tables: dict[str, pd.DataFrame]):
     return fig
 
 
+def _style_panel(ax, lr: float, bottom: float, row: int, column: int, batch: int, nrows: int) -> None:
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+    ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
+    ax.axvline(lr, color="0.2", lw=0.8, ls="-.")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom, Y_CEILING * 3)
+    if row == 0:
+        ax.set_title(f"mini-batch {batch}")
+    if row == nrows - 1:
+        ax.set_xlabel("step size along the update")
+
+
 def step_size_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per (seed, series, batch), on the probed grid of step sizes:
 
@@ -108,7 +123,10 @@ def step_size_summary(df: pd.DataFrame) -> pd.DataFrame:
       which is no sign of a forgiving landscape.
     * ``diverging_from``: the smallest step size whose relative loss is > 1e3 or not
       finite; inf if none did.
-    * ``smallest_step``, ``largest_step``: the ends of the probed grid.
+    * ``smallest_step``, ``largest_step``: the ends of the probed grid;
+    * ``trained``: the loss before the step is finite. When it is not, training had
+      already diverged before this batch and there is no landscape to measure: the claims
+      leave such probes out (and one claim counts them).
     """
     rows = []
     for (seed, s, b), g in df.groupby(["seed", "series", "batch"], sort=False):
@@ -126,9 +144,17 @@ def step_size_summary(df: pd.DataFrame) -> pd.DataFrame:
                 "smallest_step": steps[0],
                 "diverging_from": steps[diverged].min() if diverged.any() else np.inf,
                 "largest_step": steps[-1],
+                "trained": bool(np.isfinite(g["loss_before"].to_numpy(dtype=float)).all()),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _series(summary: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows of one series, indexed by batch (empty if it has none left)."""
+    if name in summary.index.get_level_values("series"):
+        return summary.xs(name, level="series")
+    return summary.iloc[0:0].droplevel("series")
 
 
 def _lowering_ratio(wide: pd.DataFrame, narrow: pd.DataFrame) -> float:
@@ -140,11 +166,28 @@ def _lowering_ratio(wide: pd.DataFrame, narrow: pd.DataFrame) -> float:
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
-    summary = step_size_summary(tables["relative_loss"]).set_index(["series", "batch"])
-    present = set(summary.index.get_level_values("series"))
+    """The paper's claims on the probes of networks still training (finite loss before the
+    step); a first claim counts those probes for the no-BN network, whose learning rate is
+    the largest at which the paper trains it (Fig. 1)."""
+    df = tables["relative_loss"]
+    everything = step_size_summary(df).set_index(["series", "batch"])
+    summary = everything[everything["trained"]]
+    present = set(everything.index.get_level_values("series"))
     found = []
+    if "none" in present:
+        lr = float(df.loc[df["series"] == "none", "lr"].iloc[0])
+        found.append(
+            Claim(
+                f"Without BN the network trains at lr {lr:g} (the paper's no-BN learning rate, Fig. 1): "
+                "it has not diverged by the probed mini-batches",
+                "fraction of the probed mini-batches at which the no-BN loss before the step is finite",
+                float(everything.loc["none", "trained"].mean()),
+                ">=",
+                1.0,
+            )
+        )
     if {"bn", "none"} <= present:
-        bn, none = summary.loc["bn"], summary.loc["none"]
+        bn, none = _series(summary, "bn"), _series(summary, "none")
         found.append(
             Claim(
                 "With BN the loss decreases over a far larger range of step sizes than without "
@@ -164,13 +207,13 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 "(paper: past ~1e-3, up to 1e6 within its plotted range, which ends near 1e-1)",
                 "smallest step size with relative loss > 1e3 or not finite, no BN; "
                 "largest over the probed mini-batches (inf: never)",
-                float(summary.loc["none", "diverging_from"].max()),
+                float(_series(summary, "none")["diverging_from"].max()),
                 "<=",
                 1e-1,
             )
         )
     if {"bn", "none"} <= present:
-        bn, none = summary.loc["bn"], summary.loc["none"]
+        bn, none = _series(summary, "bn"), _series(summary, "none")
         # A BN network that never diverged on the grid counts as diverging at its largest
         # probed step: the ratio is then a lower bound.
         bn_from = np.minimum(bn["diverging_from"], bn["largest_step"])
@@ -192,7 +235,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 "its loss decreases over a far larger range of step sizes than the no-BN network's",
                 "largest step size up to which every probed step lowers the loss, NF / no BN; "
                 "smallest ratio over the probed mini-batches",
-                _lowering_ratio(summary.loc["nf"], summary.loc["none"]),
+                _lowering_ratio(_series(summary, "nf"), _series(summary, "none")),
                 ">=",
                 10.0,
             )

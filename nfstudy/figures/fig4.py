@@ -129,7 +129,8 @@ def plot(tables: dict[str, pd.DataFrame]):
 def _line(ax, x, values: np.ndarray, color, n_seeds: int, label: str | None = None) -> None:
     finite_max = np.nanmax(np.where(np.isfinite(values), values, np.nan)) if np.isfinite(values).any() else 1.0
     ceiling = finite_max * 10
-    median = np.median(values, axis=1)
+    with np.errstate(divide="ignore"):
+        median = np.exp(np.median(np.log(values), axis=1))  # the geometric middle: log-scale data
     if n_seeds > 1:
         ax.fill_between(x, np.minimum(values.min(axis=1), ceiling), np.minimum(values.max(axis=1), ceiling), color=color, alpha=0.25, lw=0)
     ax.plot(x, np.minimum(median, ceiling), color=color, lw=1.5, marker="o", ms=2, label=label)
@@ -139,9 +140,19 @@ def _line(ax, x, values: np.ndarray, color, n_seeds: int, label: str | None = No
 
 
 def _at(frame: pd.DataFrame, column: str, fraction: float) -> float:
+    """The value at ``fraction``; an overflowed (non-finite) one counts as inf."""
     row = frame.iloc[(frame["fraction"] - fraction).abs().argsort()[:1]]
     value = float(row[column].iloc[0])
     return value if np.isfinite(value) else np.inf
+
+
+def _relative_loss_after(losses: pd.DataFrame, series: str, last: float) -> float:
+    """The relative loss after the full update; NaN when the loss before it was not finite
+    (training had diverged before this update: nothing left to measure)."""
+    frame = losses[losses["series"] == series]
+    if not np.isfinite(float(frame.loc[frame["fraction"] == 0, "loss"].iloc[0])):
+        return float("nan")
+    return _at(frame, "relative_loss", last)
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
@@ -161,7 +172,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             Claim(
                 "Without BN this update diverges (a relative loss above 1e3 counts as divergence)",
                 "loss after the full update / loss before, no BN (inf: the loss overflowed)",
-                _at(losses[losses["series"] == "none"], "relative_loss", last),
+                _relative_loss_after(losses, "none", last),
                 ">",
                 DIVERGENCE,
             ),
@@ -187,7 +198,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             Claim(
                 "(beyond the paper) The NF-ResNet's update at the same learning rate does not diverge",
                 "loss after the full update / loss before, NF",
-                _at(losses[losses["series"] == "nf"], "relative_loss", last),
+                _relative_loss_after(losses, "nf", last),
                 "<",
                 DIVERGENCE,
             )
