@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=110)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--step-sizes", type=int, default=24, help="log-spaced step sizes (the paper profile uses 80)")
+    parser.add_argument("--step-sizes", type=int, default=20, help="log-spaced step sizes (the paper profile uses 80)")
     parser.add_argument("--log10-min", type=float, default=-5.5)
     parser.add_argument("--log10-max", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)

@@ -115,4 +115,4 @@ def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
     assert [c.value for c in found[1:]] == [c.value for c in alone[1:]]
     fig = figures.load("fig3").plot({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert "training diverged before this batch: seed 0" in texts
+    assert "left out, training diverged\nbefore this batch: seed 0" in texts

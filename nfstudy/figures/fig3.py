@@ -59,8 +59,9 @@ def plot(tables: dict[str, pd.DataFrame]):
             trained = np.isfinite(g["loss_before"].to_numpy(dtype=float))
             gone = sorted(g.loc[~trained, "seed"].unique())
             if gone:
-                ax.text(0.03, 0.97, f"training diverged before this batch: seed {', '.join(map(str, gone))}",
-                        transform=ax.transAxes, va="top", fontsize=7, color=color)
+                ax.text(0.03, 0.04, f"left out, training diverged\nbefore this batch: seed {', '.join(map(str, gone))}",
+                        transform=ax.transAxes, va="bottom", fontsize=7, color=color,
+                        bbox=dict(boxstyle="round", fc="white", ec=color, alpha=0.9))
             g = g[trained]
             _style_panel(ax, lr, bottom, row, column, b, len(series))
             if g.empty:

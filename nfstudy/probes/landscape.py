@@ -207,9 +207,10 @@ class UpdateDirection:
             out[n] = torch.addcmul(p.unsqueeze(0), eta, d.unsqueeze(0), value=-1)
         return out
 
-    def norm(self) -> float:
-        """``||d||`` over every parameter."""
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d.double()) for d in self.directions])))
+    def norm(self) -> torch.Tensor:
+        """``||d||`` over every parameter: a 0-dim tensor on the device (float64 where it exists)."""
+        dtype = torch.float32 if self.loss.device.type == "mps" else torch.float64
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d, dtype=dtype) for d in self.directions]))
 
 
 # --------------------------------------------------------------------------- per-channel statistics
@@ -360,12 +361,14 @@ def relative_loss_along_update(
         model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size
     )
     # One transfer for the whole probe; the ratio in float64 of the two float32 losses.
-    values = torch.cat([update.loss.reshape(1), losses]).double().cpu().numpy()
-    before, after = float(values[0]), values[1:]
+    norm = update.norm()
+    values = torch.cat([norm.reshape(1), update.loss.reshape(1).to(norm.dtype), losses.to(norm.dtype)])
+    values = values.cpu().numpy().astype(np.float64)
+    norm, before, after = float(values[0]), float(values[1]), values[2:]
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = after / before
     diverged = ~np.isfinite(relative) | (relative > divergence_threshold)
-    return LandscapeProbe(steps.numpy(), before, after, relative, diverged, update.norm(), divergence_threshold)
+    return LandscapeProbe(steps.numpy(), before, after, relative, diverged, norm, divergence_threshold)
 
 
 def relative_loss_during_training(
