@@ -3,6 +3,7 @@
     python -m nfstudy list
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy aggregate fig2 --profile quick
+    python -m nfstudy report
 
 ``run`` executes ``notebooks/<figure>.ipynb`` with papermill once per seed, writing the
 executed notebook, tables, figure, claims and ``run.json`` into
@@ -160,23 +161,15 @@ def _mark_if_running(folder: Path, status: str, error: str) -> None:
 
 
 def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLike | None = None):
-    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed of a figure."""
+    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed; print the claims."""
     import pandas as pd
 
-    from . import figures, runs
-    from .claims import across_seeds
+    from .report import aggregate as aggregate_files
 
-    module = figures.load(figure)
-    tables = runs.load_tables(figure, profile, results_root)
-    base = Path(results_root or runs.results_root()) / figure / profile
-    fig = module.plot(tables)
-    runs.atomic_save_figure(fig, base / f"{figure}.png")
-    per_seed = runs.load_table(figure, "claims", profile, results_root)
-    summary = across_seeds(per_seed)
-    runs.atomic_write_csv(summary, base / "claims.csv")
+    image, summary = aggregate_files(figure, profile, results_root)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
         print(summary[["claim", "value", "comparison", "threshold", "passed", "n_seeds", "n_passed"]].to_string(index=False))
-    print(f"[nfstudy] {figure} ({profile}): {base / (figure + '.png')}, {base / 'claims.csv'}", file=sys.stderr)
+    print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
     return summary
 
 
@@ -213,6 +206,14 @@ def _cmd_aggregate(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.results)
+    print(f"[nfstudy] report: {path}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nfstudy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     agg.add_argument("--profile", default="paper")
     agg.add_argument("--results")
     agg.set_defaults(func=_cmd_aggregate)
+
+    report = sub.add_parser("report", help="results/README.md: every figure present, its claims and run facts")
+    report.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
