@@ -187,12 +187,23 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _device_for(seed: int, device: str, gpus: str | None) -> str:
+    """With ``--gpus 0,1,2,3`` seed S runs on cuda:<gpus[S mod 4]>, so `make -j` spreads seeds."""
+    if not gpus:
+        return device
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise ValueError(f"--gpus takes a comma-separated list of GPU indices such as 0,1,2,3, got {gpus!r}")
+    return f"cuda:{ids[seed % len(ids)]}"
+
+
 def _cmd_run(args) -> int:
     seeds = args.seeds if args.seeds else [args.seed]
     overrides = _overrides(args)
     try:
         for seed in seeds:
-            run_figure(args.figure, args.profile, seed, args.device, overrides, args.results)
+            device = _device_for(seed, args.device, args.gpus)
+            run_figure(args.figure, args.profile, seed, device, overrides, args.results)
     except RunFailed as error:
         print(f"[nfstudy] {error}", file=sys.stderr)
         return 1
@@ -225,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--seeds", type=int, nargs="+", help="several seeds, one after the other")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
     run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")
     run.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter, as papermill's -p")
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter")
