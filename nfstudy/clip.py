@@ -62,9 +62,10 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -99,9 +100,9 @@ TRANSPOSED_WEIGHT_MODULES = (nn.modules.conv._ConvTransposeNd,)
 
 # Same-shaped tensors below this many elements are stacked and reduced in one kernel; larger
 # ones get a kernel each. Stacking costs two extra passes over the data, a kernel costs a
-# launch (a few microseconds on CPU, about as long as a pass over ~10^4 floats): measured
-# in benchmarks/README.md, where 1024..16384 perform alike on ResNet-110 and stacking
-# everything is 40% slower.
+# launch (a few microseconds on CPU, about as long as a pass over ~10^4 floats). Measured
+# on ResNet-110 by benchmarks/bench_clip.py (see benchmarks/README.md): 1024..16384 are
+# best, stacking nothing or everything is 20-30% slower. Tuned on CPU only.
 STACK_BELOW_NUMEL = 16384
 
 
@@ -140,6 +141,8 @@ def unitwise_norm(x: torch.Tensor, unit_dim: UnitDim | str = AUTO) -> torch.Tens
     """
     unit_dim = default_unit_dim(x.shape) if unit_dim == AUTO else _check_unit_dim(x.shape, unit_dim, "the tensor")
     dims = [d for d in range(x.ndim) if d != unit_dim]
+    if x.ndim > 0 and not dims:  # a vector with unit_dim 0: every element is a unit
+        return x.abs().to(_norm_dtype(x.dtype))
     return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=_norm_dtype(x.dtype))
 
 
@@ -174,17 +177,25 @@ def _probe_foreach_norm_dtype() -> bool:
 _FOREACH_NORM_HAS_DTYPE = _probe_foreach_norm_dtype()
 
 
-def _whole_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One 0-d norm per tensor, in float32 (float64 for float64 tensors)."""
-    dtype = tensors[0].dtype
-    target = _norm_dtype(dtype)
-    if any(t.dtype != dtype for t in tensors):
-        return [n for t in tensors for n in _whole_norms([t])]
-    if dtype == target:
+def _whole_norms(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """One 0-d norm per tensor, in ``dtype`` (default: float32, float64 for float64 tensors)."""
+    first = tensors[0].dtype
+    target = dtype or _norm_dtype(first)
+    if any(t.dtype != first for t in tensors):
+        return [n for t in tensors for n in _whole_norms([t], target)]
+    if first == target:
         return list(torch._foreach_norm(tensors))
     if _FOREACH_NORM_HAS_DTYPE:
         return list(torch._foreach_norm(tensors, 2, dtype=target))
     return [torch.linalg.vector_norm(t, dtype=target) for t in tensors]
+
+
+def _norms_into(x: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor) -> None:
+    """Norms of ``x`` over ``dims`` written to ``out`` (no dims: every element is a unit)."""
+    if not dims:  # vector_norm(dim=()) would reduce every dimension
+        out.copy_(x.reshape(out.shape).abs())
+    else:
+        torch.linalg.vector_norm(x, dim=dims, dtype=None if x.dtype == out.dtype else out.dtype, out=out)
 
 
 @dataclass(frozen=True)
@@ -201,12 +212,19 @@ class _Group:
     def units(self) -> int:
         return math.prod(self.scale_shape)
 
+    @property
+    def reduce(self) -> tuple[int, ...]:
+        return tuple(d for d in range(len(self.shape)) if d != self.unit_dim)
+
 
 @dataclass(frozen=True)
 class _Plan:
     groups: tuple[_Group, ...]
     order: tuple[int, ...]  # tensor positions, group after group
     sizes: tuple[int, ...]  # units per group
+    norm_dtype: torch.dtype
+    # Buffers reused call after call, per (device, thread): a few floats per unit; see _Workspace.
+    workspaces: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -221,35 +239,71 @@ def _plan(specs: tuple[tuple[torch.Size, torch.dtype, UnitDim], ...]) -> _Plan:
         kept = tuple(s if d == unit_dim else 1 for d, s in enumerate(shape))
         stacked = len(idx) > 1 and math.prod(shape) < STACK_BELOW_NUMEL
         groups.append(_Group(tuple(idx), unit_dim, tuple(shape), stacked, (len(idx), *kept)))
-    return _Plan(tuple(groups), tuple(i for g in groups for i in g.indices), tuple(g.units for g in groups))
+    norm_dtype = torch.float64 if any(dtype == torch.float64 for _, dtype, _ in specs) else torch.float32
+    order = tuple(i for g in groups for i in g.indices)
+    return _Plan(tuple(groups), order, tuple(g.units for g in groups), norm_dtype)
 
 
-def _group_norms(members: list[torch.Tensor], group: _Group) -> torch.Tensor:
-    """The unit norms of a group's tensors, flat, tensor after tensor."""
-    dtype = _norm_dtype(members[0].dtype)
-    reduce = [d for d in range(len(group.shape)) if d != group.unit_dim]
-    if group.stacked:
-        stack = torch.stack(members)
-        if not reduce:  # 0-d tensors: the norm is the absolute value (dim=[] would reduce all)
-            return stack.abs().to(dtype)
-        return torch.linalg.vector_norm(stack, dim=[d + 1 for d in reduce], dtype=dtype).reshape(-1)
-    if group.unit_dim is None:
-        return torch.stack(_whole_norms(members))
-    return torch.cat([torch.linalg.vector_norm(t, dim=reduce, dtype=dtype) for t in members])
+@dataclass
+class _Workspace:
+    """The unit norms and factors of one plan on one device, with their views cut once:
+    cutting a view per tensor every call costs about as much as the arithmetic."""
+
+    weight_norms: torch.Tensor  # (units,), plan order
+    grad_norms: torch.Tensor
+    scale: torch.Tensor
+    weight_outs: list  # per group: its slice of the norms (stacked) or one slice per tensor
+    grad_outs: list
+    factors: list[torch.Tensor]  # views of scale in plan order, each broadcastable to its gradient
+
+    @classmethod
+    def build(cls, plan: _Plan, device: torch.device) -> _Workspace:
+        norms = torch.empty(3, sum(plan.sizes), dtype=plan.norm_dtype, device=device)
+        outs: list[list] = [[], []]
+        for buffer, out in zip(norms[:2], outs):
+            for piece, g in zip(buffer.split(plan.sizes), plan.groups):
+                k = len(g.indices)
+                if g.unit_dim is None:
+                    out.append(piece)  # (k,): one norm per tensor
+                elif g.stacked:
+                    out.append(piece.view(k, -1))  # (k, units): a stacked reduction's output
+                else:
+                    out.append(list(piece.view(k, -1).unbind(0)))  # k x (units,)
+        factors = [f for piece, g in zip(norms[2].split(plan.sizes), plan.groups) for f in piece.view(g.scale_shape).unbind(0)]
+        return cls(norms[0], norms[1], norms[2], outs[0], outs[1], factors)
 
 
-def _unit_norms(tensors: list[torch.Tensor], plan: _Plan) -> torch.Tensor:
-    """Every unit's norm as one flat vector, in plan order."""
-    pieces = [_group_norms([tensors[i] for i in g.indices], g) for g in plan.groups]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+def _workspace(plan: _Plan, device: torch.device) -> _Workspace:
+    key = (device, threading.get_ident())  # per thread: two threads never share buffers
+    ws = plan.workspaces.get(key)
+    if ws is None:
+        ws = plan.workspaces[key] = _Workspace.build(plan, device)
+    return ws
+
+
+def _unit_norms_into(tensors: list[torch.Tensor], plan: _Plan, outs: list) -> None:
+    """Every unit's norm, written into the workspace in plan order."""
+    for g, out in zip(plan.groups, outs):
+        members = [tensors[i] for i in g.indices]
+        if g.stacked:
+            _norms_into(torch.stack(members), tuple(d + 1 for d in g.reduce), out)
+        elif g.unit_dim is None:
+            torch.stack(_whole_norms(members, out.dtype), out=out)
+        else:
+            for t, o in zip(members, out):
+                _norms_into(t, g.reduce, o)
 
 
 def _adaptive_clip_same_device(weights: list[torch.Tensor], grads: list[torch.Tensor], plan: _Plan, threshold: float, eps: float):
-    scale = agc_scale(_unit_norms(grads, plan), _unit_norms(weights, plan), threshold, eps)
-    factors: list[torch.Tensor] = []
-    for piece, group in zip(scale.split(plan.sizes), plan.groups):
-        factors.extend(piece.view(group.scale_shape).unbind(0))  # one view per tensor, broadcastable
-    torch._foreach_mul_([grads[i] for i in plan.order], factors)
+    ws = _workspace(plan, grads[0].device)
+    _unit_norms_into(grads, plan, ws.grad_outs)
+    _unit_norms_into(weights, plan, ws.weight_outs)
+    # agc_scale, in place in the workspace
+    max_norm = ws.weight_norms.clamp_(min=eps).mul_(threshold)
+    keep = torch.lt(ws.grad_norms, max_norm)
+    torch.div(max_norm, ws.grad_norms.clamp_(min=GRAD_NORM_GUARD), out=ws.scale)
+    ws.scale.masked_fill_(keep, 1.0)
+    torch._foreach_mul_([grads[i] for i in plan.order], ws.factors)
 
 
 @functools.lru_cache(maxsize=1024)

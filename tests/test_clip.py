@@ -183,6 +183,47 @@ def test_agc_invariants_on_random_parameters(seed):
     assert clipped >= 3 and untouched >= 1  # both branches exercised, not vacuous
 
 
+@pytest.mark.parametrize("count, length", [(1, 8), (3, 8), (1, 20000)])  # one tensor, stacked, large
+def test_unit_dim_overrides_on_vectors_reach_every_path(count, length):
+    # A vector with unit_dim 0 has one unit per element (timm's layout for [out, 1, 1, 1]).
+    torch.manual_seed(count)
+    params = [param(torch.randn(length), torch.randn(length) * 10) for _ in range(count)]
+    expected = [unitwise_clip(p.grad, p.detach(), 0.1, unit_dim=0) for p in params]
+    bound = [0.1 * p.detach().abs().clamp(min=AGC_EPS) for p in params]
+    per_element = [torch.where(p.grad.abs() < b, p.grad, p.grad * b / p.grad.abs()) for p, b in zip(params, bound)]
+    apply_gradient_clipping(params, "adaptive", 0.1, unit_dims={p: 0 for p in params})
+    for p, e, by_hand in zip(params, expected, per_element):
+        torch.testing.assert_close(p.grad, e)
+        torch.testing.assert_close(p.grad, by_hand)
+
+
+def test_float64_and_mixed_precision_parameters():
+    params = random_parameters(5)
+    params[0] = param(params[0].detach().double(), params[0].grad.double(), torch.float64)
+    params[3] = param(params[3].detach(), params[3].grad, torch.bfloat16)
+    expected = [unitwise_clip(p.grad, p.detach(), 0.03) for p in params]
+    adaptive_clip_grad_(params, 0.03)
+    for p, e in zip(params, expected):
+        assert p.grad.dtype == e.dtype  # with a float64 tensor present all norms are float64
+        torch.testing.assert_close(p.grad, e, rtol=max(1e-6, torch.finfo(p.dtype).eps), atol=0)
+
+
+def test_threads_clipping_same_shaped_models_do_not_share_buffers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(seed):
+        results = []
+        for step in range(30):
+            params = random_parameters(seed * 100 + step)[:-1]
+            expected = [unitwise_clip(p.grad, p.detach(), 0.05) for p in params]
+            adaptive_clip_grad_(params, 0.05)
+            results.append(all(torch.allclose(p.grad, e, rtol=1e-6, atol=0) for p, e in zip(params, expected)))
+        return all(results)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(4)))
+
+
 @pytest.mark.parametrize("norm", ["bn", "nf"])
 def test_fast_path_equals_the_definition_on_resnets(norm):
     model = resnet8(norm)
