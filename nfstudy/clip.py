@@ -367,7 +367,7 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, clipping_
     The same formula, ``G <- G * min(1, lambda / (||G|| + 1e-6))``, but torch takes each
     tensor's norm in the gradient's dtype: an fp16 gradient whose norm exceeds 65504 makes
     torch's total norm inf, and every gradient is multiplied by 0. Returns the total norm
-    (a 0-d float32 tensor on the first gradient's device; no host sync), or None without
+    (0-d, float32 or float64, on the first gradient's device; no host sync), or None without
     gradients.
     """
     check_positive("clipping_threshold", clipping_threshold)
