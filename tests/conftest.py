@@ -29,3 +29,21 @@ def digits():
     from nfstudy.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread (and one in any kernel started meanwhile) for a module of tests on
+    tiny models: thread fan-out costs more than it gains there, and on a shared 2-core
+    machine two threads per process can run 10x slower than one."""
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

@@ -1,0 +1,133 @@
+"""Figure 4 of Bjorck et al. 2018: activations during one diverging update (no BN).
+
+A network without BN is trained with SGD (momentum 0.9, weight decay 5e-4) at a learning
+rate where it diverges. For update ``update`` (0: the first one, from initialisation) we
+apply fractions 0, 2%, ..., 100% of the step
+``optimizer.step()`` would take and record, at weight layers 8, 44 and 80, the mean and
+variance of every output channel over the mini-batch and the spatial positions
+(:func:`nfstudy.probes.channel_moments_along_update`), and the loss on that batch. The
+NF-ResNet gets the same treatment at the same learning rate.
+
+Learning rate: 0.003, the paper's intermediate BN learning rate (Fig. 1), thirty times
+the no-BN network's 1e-4. The first update of the no-BN ResNet-110 diverges there (on
+digits: loss x1e27 at the full step; its relative loss passes 1e3 near 20% of the step)
+while the activations stay within float32 for most of the step, so the heatmaps show
+the blow-up as it happens. At BN's 0.1 the no-BN network's activations overflow float32
+within the first 4% of the update (its gradient norm at initialisation is ~1e4), and the
+heatmaps would be almost all overflow; ``-p lr 0.1`` shows it.
+
+Initialisation ``xavier_uniform`` and ``nf_skip_gain_init = 1``, as for Figure 3 (see
+experiments/fig3.py): with SkipInit's 0 the NF-ResNet's residual-branch weights get no
+gradient at the first update, so its layers 8, 44 and 80 would hardly move and the
+comparison with the no-BN network would be empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nfstudy.data import DATASETS, load_dataset
+from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.params import check_choice, check_positive
+from nfstudy.probes import channel_moments_along_update
+from nfstudy.runtime import progress, resolve_device
+
+FIGURE = "fig4"
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: str = "cifar10"
+    depth: int = 110  # ResNet depth, 6n+2
+    layers: tuple[int, ...] = (8, 44, 80)  # weight layers numbered from the input
+    batch_size: int = 128
+    init: str = "xavier_uniform"  # see experiments/fig3.py
+    series: tuple[str, ...] = ("none", "nf")
+    lr: float = 0.003  # a learning rate at which the no-BN network diverges (module docstring)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    update: int = 0  # which update: 0 = the first, from initialisation
+    n_fractions: int = 51  # fractions 0 ... 1 of the update, evenly spaced (51: steps of 2%)
+    augment: bool = True  # crop + flip, as training does
+    nf_skip_gain_init: float = 1.0  # see the module docstring
+    chunk_size: int | None = None  # fractions per forward pass (None: 1 on CPU, 16 on GPU)
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("init", self.init, INITS)
+        for s in self.series:
+            check_choice("series", s, NORMS)
+        check_positive("depth", self.depth, integer=True)
+        for layer in self.layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.depth:
+                raise ValueError(
+                    f"layer {layer!r} does not exist in a ResNet-{self.depth}: choose weight layers 1..{self.depth} "
+                    f"(for 8, 44, 80 of ResNet-110 scaled to this depth: {', '.join(map(str, proportional_layers(self.depth)))})"
+                )
+        check_positive("lr", self.lr)
+        check_positive("momentum", self.momentum, allow_zero=True)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("update", self.update, integer=True, allow_zero=True)
+        if isinstance(self.n_fractions, bool) or not isinstance(self.n_fractions, int) or self.n_fractions < 2:
+            raise ValueError(f"n_fractions must be an int >= 2 (0% and 100% of the update at least), got {self.n_fractions!r}")
+        if self.chunk_size is not None:
+            check_positive("chunk_size", self.chunk_size, integer=True)
+
+    @property
+    def fractions(self) -> np.ndarray:
+        return np.linspace(0.0, 1.0, self.n_fractions)
+
+
+def proportional_layers(depth: int, paper_layers=(8, 44, 80), paper_depth: int = 110) -> tuple[int, ...]:
+    """The paper's layers moved to the same relative depth in a ResNet-``depth``."""
+    return tuple(max(1, round(k * depth / paper_depth)) for k in paper_layers)
+
+
+PROFILES = {
+    # Bjorck et al.: ResNet-110 on CIFAR-10, batch 128, layers 8, 44, 80.
+    "paper": Params(),
+    # The same ResNet-110 and layers on the bundled digits, batch 64, fractions in steps of 4%.
+    "quick": Params(dataset="digits", batch_size=64, n_fractions=26),
+}
+
+
+def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.DataFrame]:
+    device = resolve_device(device)
+    data = load_dataset(params.dataset)
+    moments, losses = [], []
+    for series in progress(params.series, desc="fig4: along one update", unit="net"):
+        torch.manual_seed(seed)  # every series starts from the same weights (where shapes agree)
+        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
+        model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+        )
+        loader = data.loader("train", params.batch_size, augment=params.augment, seed=seed, device=device, drop_last=True)
+        if params.update >= len(loader):
+            raise IndexError(
+                f"update {params.update} is beyond the first epoch: {params.dataset} has {len(loader)} mini-batches "
+                f"of {params.batch_size} (updates 0..{len(loader) - 1}); choose a smaller update or batch_size"
+            )
+        for index, (images, labels) in enumerate(loader):
+            if index == params.update:
+                break
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        channel_table, loss_table = channel_moments_along_update(
+            model, optimizer, images, labels, params.layers, params.fractions, chunk_size=params.chunk_size
+        )
+        moments.append(channel_table.assign(series=series, lr=params.lr, update=params.update))
+        losses.append(loss_table.assign(series=series, lr=params.lr, update=params.update))
+    moments = pd.concat(moments, ignore_index=True)
+    losses = pd.concat(losses, ignore_index=True)
+    return {
+        "channel_moments": moments[["series", "lr", "update", "layer", "layer_name", "fraction", "channel", "mean", "variance"]],
+        "update_loss": losses[["series", "lr", "update", "fraction", "step_size", "loss", "relative_loss", "diverged"]],
+    }

@@ -1,0 +1,545 @@
+"""The loss landscape along the optimizer's update (Bjorck et al. 2018, Figs. 3 and 4).
+
+Bjorck, Gomes, Selman, Weinberger, "Understanding Batch Normalization" (NeurIPS 2018,
+arXiv 1806.02375), section 3: early in training, take a tentative step of size ``eta``
+along the update direction ``d`` and compare the loss on the *same* mini-batch,
+``L(theta - eta * d) / L(theta)``, for many ``eta``. With BatchNorm the loss falls over a
+wide range of step sizes; without it, it explodes past a small one. A relative loss
+above ``1e3`` (or a non-finite one) counts as divergence, as in the paper.
+
+``d`` is what ``torch.optim.SGD.step()`` would apply with ``lr = 1``: weight decay added
+to the gradient, then the momentum buffer (``buf = momentum * buf + (1 - dampening) * g``,
+``buf = g`` at the first step), Nesterov and ``maximize`` as SGD does them. That is what
+the public reproduction (PAPERS.md seed 004) measured by calling the optimizer with
+``lr = eta`` for each ``eta`` and restoring model and optimizer from disk in between.
+Here, without that waste:
+
+* one forward and one backward pass per probed batch give ``L(theta)`` and ``d``
+  (``torch.autograd.grad``; ``.grad`` and ``optimizer.state`` are read, never written);
+* each step size costs one forward pass, through ``torch.func.functional_call`` with
+  ``theta.add(d, alpha=-eta)`` (SGD's own arithmetic), so the module's parameters are
+  never modified; with ``chunk_size > 1`` several step sizes share one vectorised
+  forward pass (``torch.func.vmap`` over stacked parameter sets: worth it on a GPU);
+* BatchNorm runs in the mode the training step uses (train mode: the batch's
+  statistics), with the running statistics frozen (``track_running_stats`` is off for
+  the duration), so they are not updated.
+
+The parameters, buffers, ``.grad`` and optimizer state are afterwards bit for bit what
+they were (tests/test_landscape.py checks it).
+
+:class:`ChannelMoments` records per-channel means and variances of chosen weight layers'
+outputs (forward hooks, reduced on the device) for Fig. 4: the activations along
+fractions 0..1 of one diverging update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..models.surgery import get_layer
+from ..runtime import progress
+
+__all__ = [
+    "DIVERGENCE_THRESHOLD",
+    "ChannelMoments",
+    "LandscapeProbe",
+    "UpdateDirection",
+    "channel_moments_along_update",
+    "check_step_sizes",
+    "default_chunk_size",
+    "evaluate_along_update",
+    "frozen_batchnorm_statistics",
+    "relative_loss_along_update",
+    "relative_loss_by_trial_steps",
+    "relative_loss_during_training",
+    "sgd_update_direction",
+]
+
+# Bjorck et al. 2018, Fig. 3: "a loss > 10^3 counts as divergence" (relative to the loss before the step).
+DIVERGENCE_THRESHOLD = 1e3
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_step_sizes(step_sizes, *, allow_zero: bool = False, name: str = "step_sizes") -> torch.Tensor:
+    """``step_sizes`` as a 1-D float64 CPU tensor; a clear error unless all are finite and > 0."""
+    values = torch.as_tensor(np.asarray(step_sizes, dtype=np.float64).reshape(-1))
+    if values.numel() == 0:
+        raise ValueError(f"{name} is empty: give at least one, e.g. numpy.logspace(-5.5, 0.5, 80)")
+    bad = ~torch.isfinite(values) | (values < 0 if allow_zero else values <= 0)
+    if bad.any():
+        shown = ", ".join(f"{v:g}" for v in values[bad][:5].tolist())
+        need = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must all be finite and {need}, got {shown}: use e.g. numpy.logspace(-5.5, 0.5, 80)")
+    return values
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """Step sizes per forward pass: one on a CPU (a vmapped conv becomes a grouped conv,
+    no faster there), 16 on an accelerator, where a batch of step sizes fills the device."""
+    return 1 if torch.device(device).type == "cpu" else 16
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises as its mode says (train: the batch's statistics) but does not
+    update its running statistics or ``num_batches_tracked`` while inside."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, train: bool) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+# --------------------------------------------------------------------------- the update direction
+
+
+def sgd_update_direction(
+    optimizer: torch.optim.Optimizer, grads: dict[torch.Tensor, torch.Tensor | None]
+) -> dict[torch.Tensor, torch.Tensor]:
+    """``{parameter: d}`` such that ``optimizer.step()``, with these gradients, would set
+    ``p <- p - lr * d``; parameters without a gradient are left out (SGD skips them).
+
+    Pure: ``optimizer.state`` (the momentum buffers) is read, never written. The
+    arithmetic is ``torch.optim.SGD``'s own, operation by operation.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise TypeError(
+            f"the update direction is implemented for torch.optim.SGD, got {type(optimizer).__name__}: "
+            "probe with SGD (momentum and weight decay are supported)"
+        )
+    directions = {}
+    for group in optimizer.param_groups:
+        wd, momentum = group["weight_decay"], group["momentum"]
+        dampening, nesterov, maximize = group["dampening"], group["nesterov"], group.get("maximize", False)
+        for p in group["params"]:
+            g = grads.get(p)
+            if g is None:
+                continue
+            g = -g if maximize else g
+            if wd != 0:
+                g = g.add(p.detach(), alpha=wd)
+            if momentum != 0:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                buf = g.clone() if buf is None else buf.mul(momentum).add_(g, alpha=1 - dampening)
+                g = g.add(buf, alpha=momentum) if nesterov else buf
+            directions[p] = g
+    return directions
+
+
+@dataclass(frozen=True)
+class UpdateDirection:
+    """What one optimizer step on a mini-batch would do: ``theta <- theta - lr * direction``.
+
+    ``params`` are the live parameters (detached views, not copies): use the direction
+    before the model is trained further.
+    """
+
+    names: tuple[str, ...]  # names in model.named_parameters()
+    params: tuple[torch.Tensor, ...]
+    directions: tuple[torch.Tensor, ...]
+    loss: torch.Tensor  # the batch's loss at theta: 0-dim, on the device
+
+    @classmethod
+    def compute(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        loss_fn: LossFn = F.cross_entropy,
+        train: bool = True,
+    ) -> "UpdateDirection":
+        """One forward and one backward pass on ``(images, labels)``; no state changes."""
+        names = {p: n for n, p in model.named_parameters(remove_duplicate=False)}
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        missing = [i for i, p in enumerate(params) if p not in names]
+        if missing:
+            raise ValueError(f"{len(missing)} of the optimizer's parameters are not parameters of the model")
+        with _mode(model, train), frozen_batchnorm_statistics(model), torch.enable_grad():
+            loss = loss_fn(model(images), labels)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        directions = sgd_update_direction(optimizer, dict(zip(params, grads)))
+        moved = [p for p in params if p in directions]
+        return cls(
+            names=tuple(names[p] for p in moved),
+            params=tuple(p.detach() for p in moved),
+            directions=tuple(directions[p].detach() for p in moved),
+            loss=loss.detach(),
+        )
+
+    def params_at(self, step_size: float) -> dict[str, torch.Tensor]:
+        """``theta - step_size * d``, computed as SGD computes it (``p.add(d, alpha=-lr)``)."""
+        return {n: p.add(d, alpha=-float(step_size)) for n, p, d in zip(self.names, self.params, self.directions)}
+
+    def stacked_params_at(self, step_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``theta - eta_k * d`` for every ``eta_k``, stacked along a new first dimension."""
+        out = {}
+        for n, p, d in zip(self.names, self.params, self.directions):
+            eta = step_sizes.to(device=p.device, dtype=p.dtype).view(-1, *([1] * p.dim()))
+            out[n] = torch.addcmul(p.unsqueeze(0), eta, d.unsqueeze(0), value=-1)
+        return out
+
+    def norm(self) -> torch.Tensor:
+        """``||d||`` over every parameter: a 0-dim tensor on the device (float64 where it exists)."""
+        dtype = torch.float32 if self.loss.device.type == "mps" else torch.float64
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d, dtype=dtype) for d in self.directions]))
+
+
+# --------------------------------------------------------------------------- per-channel statistics
+
+
+class ChannelMoments:
+    """Per-channel mean and (biased) variance of the outputs of chosen weight layers.
+
+    ``layers`` are 1-based weight-layer depths (:func:`nfstudy.models.weight_layers`);
+    a channel's moments reduce over every dimension but dim 1 (N, H, W for a conv),
+    on the device, in float64 so that exploding activations stay measurable. Use as a
+    context manager; after each forward pass :attr:`last` maps layer -> ``(mean, var)``.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]):
+        self.layers = tuple(layers)
+        self.names = {k: get_layer(model, k).name for k in self.layers}  # checks every layer first
+        self.modules = {k: get_layer(model, k).module for k in self.layers}
+        self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles = []
+
+    @staticmethod
+    def moments(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.float32 if output.device.type == "mps" else torch.float64  # MPS has no float64
+        x = output.detach().to(dtype).transpose(0, 1).flatten(1)  # channels x everything else
+        var, mean = torch.var_mean(x, dim=1, correction=0)
+        return mean, var
+
+    def _hook(self, layer: int):
+        def hook(module, inputs, output):
+            self.last[layer] = self.moments(output)
+
+        return hook
+
+    def __enter__(self) -> "ChannelMoments":
+        self._handles = [m.register_forward_hook(self._hook(k)) for k, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+# --------------------------------------------------------------------------- evaluating along the update
+
+
+def evaluate_along_update(
+    model: nn.Module,
+    update: UpdateDirection,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step_sizes,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    train: bool = True,
+    chunk_size: int | None = None,
+    moments: ChannelMoments | None = None,
+) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """The loss at ``theta - eta * d`` for every step size (and, with ``moments``, the
+    channel moments of its layers), all on the device: ``(losses [K], {layer: (means
+    [K, C], vars [K, C])})``. Forward passes only; ``chunk_size`` step sizes per pass
+    (1: one plain forward each, bit-comparable with a real optimizer step)."""
+    steps = check_step_sizes(step_sizes, allow_zero=True)
+    chunk_size = default_chunk_size(images.device) if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (step sizes per forward pass), got {chunk_size}")
+    layers = moments.layers if moments is not None else ()
+
+    def loss_and_moments(params: dict[str, torch.Tensor]):
+        loss = loss_fn(functional_call(model, params, (images,)), labels)
+        return loss, {k: moments.last[k] for k in layers}
+
+    losses, found = [], {k: ([], []) for k in layers}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_mode(model, train))
+        stack.enter_context(frozen_batchnorm_statistics(model))
+        stack.enter_context(torch.no_grad())
+        if moments is not None:
+            stack.enter_context(moments)
+        for start in range(0, len(steps), chunk_size):
+            chunk = steps[start : start + chunk_size]
+            if chunk_size == 1:
+                loss, stats = loss_and_moments(update.params_at(chunk.item()))
+                loss, stats = loss[None], {k: (m[None], v[None]) for k, (m, v) in stats.items()}
+            else:
+                loss, stats = vmap(loss_and_moments)(update.stacked_params_at(chunk))
+            losses.append(loss)
+            for k, (m, v) in stats.items():
+                found[k][0].append(m)
+                found[k][1].append(v)
+    return torch.cat(losses), {k: (torch.cat(m), torch.cat(v)) for k, (m, v) in found.items()}
+
+
+# --------------------------------------------------------------------------- the relative loss
+
+
+@dataclass(frozen=True)
+class LandscapeProbe:
+    """The relative loss along the update for one mini-batch (all arrays over step sizes)."""
+
+    step_sizes: np.ndarray
+    loss_before: float
+    loss_after: np.ndarray
+    relative_loss: np.ndarray  # loss_after / loss_before
+    diverged: np.ndarray  # relative loss > threshold, or not finite
+    update_norm: float  # ||d||
+    divergence_threshold: float = DIVERGENCE_THRESHOLD
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy: one row per step size."""
+        return pd.DataFrame(
+            {
+                "step_size": self.step_sizes,
+                "loss_before": self.loss_before,
+                "loss_after": self.loss_after,
+                "relative_loss": self.relative_loss,
+                "diverged": self.diverged,
+                "update_norm": self.update_norm,
+            }
+        )
+
+
+def relative_loss_along_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step_sizes,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    train: bool = True,
+    chunk_size: int | None = None,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
+) -> LandscapeProbe:
+    """``L(theta - eta * d) / L(theta)`` on one mini-batch for every ``eta`` in ``step_sizes``.
+
+    ``d`` is the direction ``optimizer.step()`` would take (SGD: momentum and weight decay
+    included). One forward and backward pass, then one forward pass per step size
+    (``chunk_size`` of them at a time; default 1 on a CPU, 16 on a GPU). ``train=True``:
+    BatchNorm uses the batch's statistics, as the training step does. Model, buffers,
+    ``.grad`` and optimizer state are left exactly as they were. A non-finite relative loss
+    or one above ``divergence_threshold`` is recorded as diverged, never raised.
+    """
+    steps = check_step_sizes(step_sizes)
+    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train)
+    losses, _ = evaluate_along_update(
+        model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size
+    )
+    # One transfer for the whole probe; the ratio in float64 of the two float32 losses.
+    norm = update.norm()
+    values = torch.cat([norm.reshape(1), update.loss.reshape(1).to(norm.dtype), losses.to(norm.dtype)])
+    values = values.cpu().numpy().astype(np.float64)
+    norm, before, after = float(values[0]), float(values[1]), values[2:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = after / before
+    diverged = ~np.isfinite(relative) | (relative > divergence_threshold)
+    return LandscapeProbe(steps.numpy(), before, after, relative, diverged, norm, divergence_threshold)
+
+
+def relative_loss_during_training(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    probe_batches: Sequence[int],
+    step_sizes,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    chunk_size: int | None = None,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
+    desc: str | None = None,
+) -> pd.DataFrame:
+    """Train on ``batches`` and probe the relative loss at the batches ``probe_batches``.
+
+    Batch ``k`` (0-based) is probed after ``k`` ordinary training steps (forward,
+    backward, ``optimizer.step()``) on batches ``0..k-1``, before its own step, as the
+    public reproduction does; training stops after the last probe. ``batches`` must hold
+    them all (``len(batches)`` is checked when it has one). Returns a tidy frame:
+    ``batch, step_size, loss_before, loss_after, relative_loss, diverged, update_norm``.
+    """
+    wanted = sorted(set(int(b) for b in probe_batches))
+    if not wanted or wanted[0] < 0:
+        raise ValueError(f"probe_batches must be batch indices >= 0 (0 = before the first update), got {list(probe_batches)}")
+    steps = check_step_sizes(step_sizes)
+    available = len(batches) if hasattr(batches, "__len__") else None
+    if available is not None and wanted[-1] >= available:
+        raise IndexError(
+            f"batch {wanted[-1]} is beyond the epoch: it has {available} mini-batches (0..{available - 1}); "
+            "probe earlier batches or use a smaller batch size"
+        )
+    frames, index = [], -1
+    bar = progress(total=wanted[-1] + 1, desc=desc or "landscape", unit="batch")
+    for index, (images, labels) in enumerate(batches):
+        if index in wanted:
+            probe = relative_loss_along_update(
+                model,
+                optimizer,
+                images,
+                labels,
+                steps,
+                loss_fn=loss_fn,
+                chunk_size=chunk_size,
+                divergence_threshold=divergence_threshold,
+            )
+            frames.append(probe.to_frame().assign(batch=index))
+        if index == wanted[-1]:
+            bar.update()
+            break
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+        optimizer.step()
+        bar.update()
+    bar.close()
+    if len(frames) < len(wanted):
+        raise IndexError(
+            f"batches ran out after {index + 1}: probe_batches {wanted} need {wanted[-1] + 1}; "
+            "probe earlier batches or use a smaller batch size"
+        )
+    out = pd.concat(frames, ignore_index=True)
+    return out[["batch", *[c for c in out.columns if c != "batch"]]]
+
+
+def channel_moments_along_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    layers: Sequence[int],
+    fractions,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    train: bool = True,
+    chunk_size: int | None = None,
+    divergence_threshold: float = DIVERGENCE_THRESHOLD,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Channel means and variances of weight layers ``layers`` while a fraction ``f`` of
+    one optimizer update is applied (``theta - f * lr * d``, ``f = 0``: before, ``1``: the
+    full step ``optimizer.step()`` would take), for every ``f`` in ``fractions``.
+
+    Returns two tidy frames: ``fraction, layer, layer_name, channel, mean, variance`` and
+    ``fraction, step_size, loss, relative_loss, diverged`` (the loss on the same batch).
+    Like :func:`relative_loss_along_update`, it changes no state.
+    """
+    fractions = check_step_sizes(fractions, allow_zero=True, name="fractions")
+    lrs = {float(group["lr"]) for group in optimizer.param_groups}
+    if len(lrs) != 1:
+        raise ValueError(f"the optimizer's parameter groups have different learning rates {sorted(lrs)}: use one group")
+    lr = lrs.pop()
+    moments = ChannelMoments(model, layers)  # checks the layers before any work
+    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train)
+    losses, found = evaluate_along_update(
+        model, update, images, labels, fractions * lr, loss_fn=loss_fn, train=train, chunk_size=chunk_size, moments=moments
+    )
+    losses = losses.double().cpu().numpy()
+    before = float(update.loss)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        relative = losses / before
+    loss_table = pd.DataFrame(
+        {
+            "fraction": fractions.numpy(),
+            "step_size": fractions.numpy() * lr,
+            "loss": losses,
+            "relative_loss": relative,
+            "diverged": ~np.isfinite(relative) | (relative > divergence_threshold),
+        }
+    )
+    rows = []
+    for layer, (means, variances) in found.items():
+        means, variances = means.cpu().numpy(), variances.cpu().numpy()  # fractions x channels
+        k, c = means.shape
+        rows.append(
+            pd.DataFrame(
+                {
+                    "fraction": np.repeat(fractions.numpy(), c),
+                    "layer": layer,
+                    "layer_name": moments.names[layer],
+                    "channel": np.tile(np.arange(c), k),
+                    "mean": means.reshape(-1),
+                    "variance": variances.reshape(-1),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True), loss_table
+
+
+# --------------------------------------------------------------------------- the reference method
+
+
+def relative_loss_by_trial_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step_sizes,
+    folder,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+) -> np.ndarray:
+    """The public reproduction's method (PAPERS.md seed 004, ``fig3``), kept as the
+    reference that tests and benchmarks/bench_landscape.py compare against. Slow on purpose.
+
+    For each step size: save model and optimizer to ``folder`` with ``torch.save``, set the
+    learning rate, forward, backward, ``optimizer.step()``, evaluate the loss on the same
+    batch, restore both with ``torch.load``. Like the original it stops at the first
+    non-finite loss; the step sizes it did not evaluate (and that one) are NaN.
+    """
+    from pathlib import Path
+
+    steps = check_step_sizes(step_sizes).tolist()
+    model_file, optimizer_file = Path(folder) / "model_state.tmp", Path(folder) / "optimizer_state.tmp"
+    torch.save(model.state_dict(), model_file)
+    torch.save(optimizer.state_dict(), optimizer_file)
+    relative = np.full(len(steps), np.nan)
+    model.train()
+    for i, lr in enumerate(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        current_loss = loss_fn(model(images), labels)
+        current_loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            tmp_loss = loss_fn(model(images), labels)
+        relative[i] = (tmp_loss / current_loss).item()
+        model.load_state_dict(torch.load(model_file))
+        optimizer.load_state_dict(torch.load(optimizer_file))
+        if not math.isfinite(tmp_loss.item()):
+            relative[i] = np.nan
+            break
+    optimizer.zero_grad()
+    return relative

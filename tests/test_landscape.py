@@ -1,0 +1,206 @@
+"""The landscape probe: same numbers as the public reproduction's method, no state changed."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nfstudy.models import cifar_resnet
+from nfstudy.probes import (
+    ChannelMoments,
+    UpdateDirection,
+    channel_moments_along_update,
+    relative_loss_along_update,
+    relative_loss_during_training,
+)
+from nfstudy.probes.landscape import relative_loss_by_trial_steps
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = np.logspace(-4, 0.5, 7)
+
+
+def _setup(norm="bn", lr=0.05, steps_taken=1, seed=0, **sgd):
+    """A small ResNet, its SGD optimizer after ``steps_taken`` updates, and a batch."""
+    torch.manual_seed(seed)
+    model = cifar_resnet(8, norm, "xavier_uniform", **({"skip_gain_init": 1.0} if norm == "nf" else {}))
+    options = {"momentum": 0.9, "weight_decay": 5e-4, **sgd}
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, **options)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(12, 3, 16, 16, generator=g), torch.randint(0, 10, (12,), generator=g)
+    for _ in range(steps_taken):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x[:8]), y[:8]).backward()
+        optimizer.step()
+    return model, optimizer, x, y
+
+
+def _state(model, optimizer):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        copy.deepcopy(optimizer.state_dict()),
+        {n: m.training for n, m in model.named_modules()},
+    )
+
+
+def _assert_same_state(before, after):
+    (params0, grads0, opt0, modes0), (params1, grads1, opt1, modes1) = before, after
+    assert params0.keys() == params1.keys()
+    for k in params0:  # parameters, BN running statistics, num_batches_tracked
+        assert torch.equal(params0[k], params1[k]), k
+    for n in grads0:
+        assert (grads0[n] is None) == (grads1[n] is None) and (grads0[n] is None or torch.equal(grads0[n], grads1[n])), n
+    assert opt0["param_groups"] == opt1["param_groups"]
+    assert opt0["state"].keys() == opt1["state"].keys()
+    for i in opt0["state"]:
+        assert torch.equal(opt0["state"][i]["momentum_buffer"], opt1["state"][i]["momentum_buffer"])
+    assert modes0 == modes1
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_probing_leaves_every_bit_of_state_as_it_was(chunk_size):
+    model, optimizer, x, y = _setup("bn")
+    model.eval()  # a mode other than the probe's: it must come back too
+    F.cross_entropy(model(x), y).backward()  # stale .grad values must survive as well
+    before = _state(model, optimizer)
+    probe = relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=chunk_size)
+    channel_moments_along_update(model, optimizer, x, y, [2, 5], [0.0, 0.5, 1.0], chunk_size=chunk_size)
+    _assert_same_state(before, _state(model, optimizer))
+    assert np.isfinite(probe.relative_loss).all()
+
+
+@pytest.mark.parametrize("norm, lr, steps_taken", [("bn", 0.1, 1), ("bn", 0.1, 0), ("none", 1e-3, 2), ("nf", 0.1, 1)])
+def test_same_relative_losses_as_the_reproductions_trial_steps(tmp_path, norm, lr, steps_taken):
+    model, optimizer, x, y = _setup(norm, lr, steps_taken)
+    steps = np.logspace(-5.5, 0.5, 9)
+    probe = relative_loss_along_update(model, optimizer, x, y, steps)
+    reference = relative_loss_by_trial_steps(model, optimizer, x, y, steps, tmp_path)
+    both = np.isfinite(reference) & np.isfinite(probe.relative_loss)
+    assert both.sum() >= 6
+    np.testing.assert_allclose(probe.relative_loss[both], reference[both], rtol=1e-5)
+    assert not (probe.relative_loss[both] == 1.0).all()  # the steps really moved the loss
+
+
+@pytest.mark.parametrize("sgd", [{}, {"nesterov": True}, {"dampening": 0.3}, {"weight_decay": 0.0}, {"maximize": True}])
+def test_the_full_step_is_exactly_what_optimizer_step_does(sgd):
+    model, optimizer, x, y = _setup("nf", 0.05, 2, **sgd)
+    update = UpdateDirection.compute(model, optimizer, x, y)
+    predicted = update.params_at(0.05)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    params = dict(model.named_parameters())
+    assert set(predicted) == set(params)
+    for name, value in predicted.items():
+        assert torch.equal(value, params[name]), name
+
+
+def test_divergence_is_recorded_not_raised():
+    model, optimizer, x, y = _setup("none", 1e-3, 1)
+    steps = np.logspace(-5, 12, 18)
+    probe = relative_loss_along_update(model, optimizer, x, y, steps)
+    assert not probe.diverged[0] and probe.relative_loss[0] < 1.0
+    assert probe.diverged[-1] and not np.isfinite(probe.loss_after[-1])  # the loss overflowed
+    finite_above = np.isfinite(probe.relative_loss) & (probe.relative_loss > 1e3)
+    assert (probe.diverged == (~np.isfinite(probe.relative_loss) | finite_above)).all()
+    frame = probe.to_frame()
+    assert frame.columns.tolist() == ["step_size", "loss_before", "loss_after", "relative_loss", "diverged", "update_norm"]
+    assert frame["diverged"].dtype == bool and len(frame) == len(steps)
+
+
+@pytest.mark.parametrize("norm", ["bn", "none", "nf"])
+def test_batched_step_sizes_equal_one_at_a_time(norm):
+    model, optimizer, x, y = _setup(norm, 0.01, 1)
+    sequential = relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=1)
+    batched = relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=4)  # chunks of 4 and 3
+    np.testing.assert_allclose(batched.relative_loss, sequential.relative_loss, rtol=1e-5)
+    assert batched.loss_before == sequential.loss_before
+    fractions = [0.0, 0.25, 0.5, 1.0]
+    one = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=1)
+    all_ = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=4)
+    for a, b in zip(one, all_):
+        np.testing.assert_allclose(b.select_dtypes("number").to_numpy(), a.select_dtypes("number").to_numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_channel_moments_along_the_update_match_a_real_step():
+    model, optimizer, x, y = _setup("none", 0.05, 1)
+    moments, losses = channel_moments_along_update(model, optimizer, x, y, [3, 8], [0.0, 1.0])
+    assert moments.groupby(["fraction", "layer"]).size().to_dict() == {(0.0, 3): 16, (0.0, 8): 10, (1.0, 3): 16, (1.0, 8): 10}
+    assert losses["relative_loss"].iloc[0] == 1.0 and losses["step_size"].tolist() == [0.0, 0.05]
+
+    def direct(layer):  # the layer's output, reduced by hand
+        seen = {}
+
+        def keep(module, inputs, output):
+            seen["out"] = output.detach().double().clone()
+
+        handle = model.layer(layer).register_forward_hook(keep)
+        loss = F.cross_entropy(model(x), y)
+        handle.remove()
+        out = seen["out"]
+        dims = [0, 2, 3] if out.dim() == 4 else [0]
+        return out.mean(dims), out.var(dims, unbiased=False), float(loss.detach())
+
+    model.train()
+    mean0, var0, loss0 = direct(3)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    mean1, var1, loss1 = direct(3)
+    logits_mean1, logits_var1, _ = direct(8)
+    got = moments.set_index(["fraction", "layer", "channel"]).sort_index()
+    np.testing.assert_allclose(got.loc[(0.0, 3), "mean"], mean0.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.loc[(0.0, 3), "variance"], var0.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got.loc[(1.0, 3), "variance"], var1.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got.loc[(1.0, 8), "mean"], logits_mean1.numpy(), rtol=1e-5, atol=1e-7)
+    assert losses["loss"].tolist() == pytest.approx([loss0, loss1], rel=1e-6)
+
+
+def test_probing_during_training_does_not_change_the_training_run():
+    model_a, optimizer_a, _, _ = _setup("bn", 0.1, 0)
+    model_b, optimizer_b, _, _ = _setup("bn", 0.1, 0)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(5)]
+    table = relative_loss_during_training(model_a, optimizer_a, batches, [1, 3], STEPS)
+    assert table["batch"].tolist() == [1] * len(STEPS) + [3] * len(STEPS)
+    for images, labels in batches[:3]:  # the same three updates, without probing
+        optimizer_b.zero_grad()
+        F.cross_entropy(model_b(images), labels).backward()
+        optimizer_b.step()
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    # The probe at batch 3 saw the network after three updates: its loss before is model_b's loss there.
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model_b.train()(batches[3][0]), batches[3][1]))
+    assert table.loc[table["batch"] == 3, "loss_before"].iloc[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_bad_input_names_the_fix():
+    model, optimizer, x, y = _setup("bn")
+    with pytest.raises(ValueError, match=r"step_sizes must all be finite and > 0, got 0, -0\.1: use e\.g\. numpy\.logspace"):
+        relative_loss_along_update(model, optimizer, x, y, [0.1, 0.0, -0.1])
+    with pytest.raises(ValueError, match="got nan"):
+        relative_loss_along_update(model, optimizer, x, y, [float("nan")])
+    with pytest.raises(ValueError, match="step_sizes is empty"):
+        relative_loss_along_update(model, optimizer, x, y, [])
+    with pytest.raises(ValueError, match="fractions must all be finite and >= 0"):
+        channel_moments_along_update(model, optimizer, x, y, [2], [0.0, -0.5])
+    with pytest.raises(IndexError, match=r"layer 80 does not exist: CifarResNet has weight layers 1\.\.8"):
+        channel_moments_along_update(model, optimizer, x, y, [2, 80], [0.0, 1.0])
+    with pytest.raises(IndexError, match=r"batch 7 is beyond the epoch: it has 3 mini-batches \(0\.\.2\); probe earlier"):
+        relative_loss_during_training(model, optimizer, [(x, y)] * 3, [1, 7], STEPS)
+    with pytest.raises(TypeError, match="implemented for torch.optim.SGD, got Adam"):
+        relative_loss_along_update(model, torch.optim.Adam(model.parameters()), x, y, STEPS)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=0)
+
+
+def test_channel_moments_hooks_are_removed():
+    model, _, x, _ = _setup("bn")
+    with ChannelMoments(model, [1, 4]) as moments:
+        model(x)
+    assert set(moments.last) == {1, 4} and moments.last[4][0].shape == (32,)  # layer 4: first conv of stage 2
+    assert all(not m._forward_hooks for m in model.modules())
