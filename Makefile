@@ -2,11 +2,13 @@
 #   make fig2                         paper profile, seed 0
 #   make fig2 PROFILE=quick SEEDS="0 1 2"
 #   make -j3 fig2 SEEDS="0 1 2"       the seeds in parallel, then one cross-seed figure
+#   make -j4 fig1 SEEDS="0 1 2 3" GPUS=0,1,2,3   one seed per GPU
 PROFILE ?= paper
 SEEDS   ?= 0
 DEVICE  ?= auto
 DATASET ?=
 PARAMS  ?=
+GPUS    ?=
 PYTHON  ?= python3
 VENV    ?= .venv
 
@@ -24,7 +26,7 @@ help:
 	@echo "make quick            every figure at small scale (offline, CPU, minutes)"
 	@echo "make test             the test suite"
 	@echo "make <figure>         one of: $(FIGURES)"
-	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
+	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) GPUS=$(GPUS) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
 	@echo "make figs | report | bench | setup"
 
 setup: $(STAMP)
@@ -45,7 +47,7 @@ define FIGURE_RULES
 $(1): $(addprefix $(1)-seed,$(SEEDS))
 	$(NF) aggregate $(1) --profile $(PROFILE)
 $(1)-seed%: $(STAMP)
-	$(NF) run $(1) --profile $(PROFILE) --seed $$* --device $(DEVICE) $(if $(DATASET),--dataset $(DATASET)) --no-aggregate $(PARAMS)
+	$(NF) run $(1) --profile $(PROFILE) --seed $$* --device $(DEVICE) $(if $(GPUS),--gpus $(GPUS)) $(if $(DATASET),--dataset $(DATASET)) --no-aggregate $(PARAMS)
 endef
 $(foreach f,$(FIGURES),$(eval $(call FIGURE_RULES,$(f))))
 

@@ -3,6 +3,7 @@
     python -m nfstudy list
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy aggregate fig2 --profile quick
+    python -m nfstudy report
 
 ``run`` executes ``notebooks/<figure>.ipynb`` with papermill once per seed, writing the
 executed notebook, tables, figure, claims and ``run.json`` into
@@ -160,23 +161,15 @@ def _mark_if_running(folder: Path, status: str, error: str) -> None:
 
 
 def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLike | None = None):
-    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed of a figure."""
+    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed; print the claims."""
     import pandas as pd
 
-    from . import figures, runs
-    from .claims import across_seeds
+    from .report import aggregate as aggregate_files
 
-    module = figures.load(figure)
-    tables = runs.load_tables(figure, profile, results_root)
-    base = Path(results_root or runs.results_root()) / figure / profile
-    fig = module.plot(tables)
-    runs.atomic_save_figure(fig, base / f"{figure}.png")
-    per_seed = runs.load_table(figure, "claims", profile, results_root)
-    summary = across_seeds(per_seed)
-    runs.atomic_write_csv(summary, base / "claims.csv")
+    image, summary = aggregate_files(figure, profile, results_root)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
         print(summary[["claim", "value", "comparison", "threshold", "passed", "n_seeds", "n_passed"]].to_string(index=False))
-    print(f"[nfstudy] {figure} ({profile}): {base / (figure + '.png')}, {base / 'claims.csv'}", file=sys.stderr)
+    print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
     return summary
 
 
@@ -194,12 +187,23 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _device_for(seed: int, device: str, gpus: str | None) -> str:
+    """With ``--gpus 0,1,2,3`` seed S runs on cuda:<gpus[S mod 4]>, so `make -j` spreads seeds."""
+    if not gpus:
+        return device
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise ValueError(f"--gpus takes a comma-separated list of GPU indices such as 0,1,2,3, got {gpus!r}")
+    return f"cuda:{ids[seed % len(ids)]}"
+
+
 def _cmd_run(args) -> int:
     seeds = args.seeds if args.seeds else [args.seed]
     overrides = _overrides(args)
     try:
         for seed in seeds:
-            run_figure(args.figure, args.profile, seed, args.device, overrides, args.results)
+            device = _device_for(seed, args.device, args.gpus)
+            run_figure(args.figure, args.profile, seed, device, overrides, args.results)
     except RunFailed as error:
         print(f"[nfstudy] {error}", file=sys.stderr)
         return 1
@@ -210,6 +214,14 @@ def _cmd_run(args) -> int:
 
 def _cmd_aggregate(args) -> int:
     aggregate(args.figure, args.profile, args.results)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.results)
+    print(f"[nfstudy] report: {path}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--seeds", type=int, nargs="+", help="several seeds, one after the other")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
     run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")
     run.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter, as papermill's -p")
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter")
@@ -236,6 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     agg.add_argument("--profile", default="paper")
     agg.add_argument("--results")
     agg.set_defaults(func=_cmd_aggregate)
+
+    report = sub.add_parser("report", help="results/README.md: every figure present, its claims and run facts")
+    report.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -114,3 +114,35 @@ def test_every_notebook_exposes_every_parameter_of_its_experiment():
         names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and not line.startswith("#")}
         fields = {f.name for f in dataclasses.fields(experiments.load(figure).Params)}
         assert names == fields | set(RUN_PARAMETERS), figure
+
+
+def test_seeds_spread_over_gpus():
+    from nfstudy.cli import _device_for
+
+    assert [_device_for(s, "auto", "0,1,2") for s in (0, 1, 2, 3)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
+    assert _device_for(5, "cpu", None) == "cpu"
+    with pytest.raises(ValueError, match="comma-separated"):
+        _device_for(0, "auto", "gpu0")
+
+
+@pytest.mark.slow
+def test_template_runs_top_to_bottom_in_jupyter_without_papermill(tmp_path):
+    """As a user opening notebooks/fig2.ipynb in Jupyter and running every cell: the
+    notebook folder as working directory, no injected parameters, the defaults."""
+    import os
+
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read("notebooks/fig2.ipynb", as_version=4)
+    env_before = dict(os.environ)
+    os.environ["NFSTUDY_RESULTS"] = str(tmp_path / "results")
+    os.environ.pop("MPLBACKEND", None)
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    folder = tmp_path / "results" / "fig2" / "quick" / "seed=0"
+    assert json.loads((folder / "run.json").read_text())["status"] == "completed"
+    assert pd.read_csv(folder / "claims.csv")["passed"].all()

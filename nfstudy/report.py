@@ -1,0 +1,217 @@
+"""The results report: ``results/README.md``, built from the result files alone.
+
+For every figure and profile present it redraws the cross-seed figure and claims from
+the seeds' CSVs (so results copied from another machine report the same), then writes
+one Markdown page that renders on any git host: the figure, the claims table (claim,
+measured value, threshold, passed, over how many seeds) and the run facts (dataset,
+device, seeds, duration, library versions, git commit). Figures with no completed run
+are listed with the command that runs them; broken runs are skipped with a warning
+that names them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, runs
+from .claims import across_seeds
+
+__all__ = ["FIGURE_ORDER", "FIGURE_TITLES", "aggregate", "build_report"]
+
+# The order a reader expects: Bjorck et al.'s figures, then the NF papers'; the titles
+# name figures that have not been run (a figure module's own TITLE wins when it exists).
+FIGURE_TITLES = {
+    "fig1": "Accuracy during training at several learning rates, with and without BN (Bjorck et al. 2018, Fig. 1)",
+    "fig2": "Gradients of a conv kernel at initialisation (Bjorck et al. 2018, Fig. 2)",
+    "fig3": "Relative loss along the update direction in the first steps (Bjorck et al. 2018, Fig. 3)",
+    "fig4": "Channel statistics during one diverging update (Bjorck et al. 2018, Fig. 4)",
+    "fig5": "Channel means and standard deviations vs depth at initialisation (Bjorck et al. 2018, Fig. 5)",
+    "fig6": "Gradients of the output logits at initialisation (Bjorck et al. 2018, Fig. 6)",
+    "fig7": "Singular values of products of random Gaussian matrices (Bjorck et al. 2018, Fig. 7)",
+    "agc": "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)",
+    "spp": "Signal propagation plots (Brock, De, Smith 2021)",
+}
+FIGURE_ORDER = tuple(FIGURE_TITLES)
+PROFILE_ORDER = ("paper", "quick")
+
+
+@dataclass
+class ProfileResult:
+    figure: str
+    profile: str
+    folder: Path
+    completed: list[Path] = field(default_factory=list)
+    broken: list[tuple[Path, str]] = field(default_factory=list)
+    claims: pd.DataFrame | None = None
+    image: Path | None = None
+    error: str | None = None
+
+
+def _order(names: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
+    names = set(names)
+    return [n for n in preferred if n in names] + sorted(names - set(preferred))
+
+
+def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
+    folder = root / figure / profile
+    result = ProfileResult(figure, profile, folder)
+    for seed_dir in sorted(folder.glob("seed=*")):
+        meta = runs.read_run(seed_dir)
+        if meta is None:
+            result.broken.append((seed_dir, "no readable run.json"))
+        elif meta.get("status") != "completed":
+            result.broken.append((seed_dir, f"status {meta.get('status')!r}" + (f": {meta['error']}" if meta.get("error") else "")))
+        elif not (seed_dir / "claims.csv").is_file():
+            result.broken.append((seed_dir, "completed but claims.csv is missing"))
+        else:
+            result.completed.append(seed_dir)
+    return result
+
+
+def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) -> tuple[Path, pd.DataFrame]:
+    """Draw ``<figure>.png`` and write ``claims.csv`` over every completed seed of a
+    figure and profile, from the seeds' CSVs; returns the image path and the claims."""
+    import matplotlib.pyplot as plt
+
+    root = Path(root or runs.results_root())
+    module = figures.load(figure)
+    tables = runs.load_tables(figure, profile, root)
+    per_seed = runs.load_table(figure, "claims", profile, root)
+    folder = root / figure / profile
+    fig = module.plot(tables)
+    image = runs.atomic_save_figure(fig, folder / f"{figure}.png")
+    plt.close(fig)
+    claims = across_seeds(per_seed)
+    runs.atomic_write_csv(claims, folder / "claims.csv")
+    return image, claims
+
+
+def _aggregate(result: ProfileResult, root: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # broken runs are reported by the page itself
+        result.image, result.claims = aggregate(result.figure, result.profile, root)
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    x = float(x)
+    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.4g}"
+
+
+def _claims_markdown(claims: pd.DataFrame) -> list[str]:
+    lines = ["| claim | measured | threshold | passed | seeds |", "|---|---|---|---|---|"]
+    for row in claims.itertuples(index=False):
+        spread = f" ± {_fmt(row.value_std)}" if row.n_seeds > 1 and not pd.isna(row.value_std) else ""
+        verdict = "✅ yes" if row.passed else "❌ no"
+        claim = str(row.claim).replace("|", "\\|")
+        lines.append(
+            f"| {claim}<br><sub>{row.metric}</sub> | {_fmt(row.value)}{spread} | {row.comparison} {_fmt(row.threshold)} "
+            f"| {verdict} | {row.n_passed}/{row.n_seeds} |"
+        )
+    return lines
+
+
+def _facts_markdown(result: ProfileResult) -> list[str]:
+    metas = [runs.read_run(p) for p in result.completed]
+    seeds = ", ".join(str(m["seed"]) for m in metas)
+    durations = [m.get("duration_s") or 0.0 for m in metas]
+    commits = sorted({(m.get("git") or {}).get("commit") or "unknown" for m in metas})
+    dirty = any((m.get("git") or {}).get("dirty") for m in metas)
+    versions = metas[-1].get("versions", {})
+    shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("python", "torch", "torchvision", "numpy", "pandas"))
+    started = min(m.get("started") or "" for m in metas)
+    return [
+        f"- **dataset** {', '.join(sorted({str(m.get('dataset')) for m in metas}))}; "
+        f"**device** {', '.join(sorted({str(m.get('device')) for m in metas}))}",
+        f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all ({sum(durations) / len(durations):.0f} s per seed); first run {started}",
+        f"- **versions** {shown}",
+        f"- **git commit** {', '.join(c[:12] for c in commits)}{' (with uncommitted changes)' if dirty else ''}",
+    ]
+
+
+def _title(figure: str) -> str:
+    try:
+        return getattr(figures.load(figure), "TITLE", FIGURE_TITLES.get(figure, figure))
+    except ValueError:
+        return FIGURE_TITLES.get(figure, figure)
+
+
+def _profiles(root: Path, figure: str) -> list[str]:
+    folder = root / figure
+    return _order([p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else [], PROFILE_ORDER)
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return "".join(ch for ch in heading.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
+
+
+def _section(result: ProfileResult, root: Path) -> list[str]:
+    lines = [f"### {result.figure} — `{result.profile}` profile", ""]
+    if result.error:
+        return lines + [f"Could not be redrawn from its files: `{result.error}`", ""]
+    lines += [f"![{result.figure} ({result.profile})]({result.image.relative_to(root).as_posix()})", ""]
+    lines += _claims_markdown(result.claims) + [""]
+    lines += _facts_markdown(result) + [""]
+    if result.broken:
+        lines += [f"- skipped: {', '.join(f'`{p.name}` ({why})' for p, why in result.broken)}", ""]
+    return lines
+
+
+def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[str] | None = None) -> Path:
+    """Write ``<root>/README.md`` (root: the results folder); returns its path."""
+    root = Path(root or runs.results_root())
+    root.mkdir(parents=True, exist_ok=True)
+    known = set(FIGURE_ORDER) | set(figures.available()) if figures_known is None else set(figures_known)
+    present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    overview, sections, missing, broken = [], [], [], []
+    for figure in _order(known | present, FIGURE_ORDER):
+        results = [_scan(root, figure, profile) for profile in _profiles(root, figure)]
+        broken += [item for r in results for item in r.broken]
+        done = [r for r in results if r.completed]
+        if not done:
+            missing.append(figure)
+            continue
+        heading = f"{figure}: {_title(figure)}"
+        sections += [f"## {heading}", ""]
+        for result in done:
+            try:
+                _aggregate(result, root)
+            except Exception as error:  # a figure that cannot be redrawn is reported, not fatal
+                result.error = f"{type(error).__name__}: {error}"
+                warnings.warn(f"{figure} ({result.profile}): could not redraw from its files: {result.error}", stacklevel=2)
+            else:
+                passed = f"{int(result.claims['passed'].sum())}/{len(result.claims)}"
+                overview.append(f"| [{figure}](#{_anchor(heading)}) | {result.profile} | {len(result.completed)} | {passed} |")
+            sections += _section(result, root)
+    lines = [
+        "# nfstudy results",
+        "",
+        "Built by `make report` from the files under this folder alone: every figure and claims table below",
+        "is redrawn from the seeds' CSVs. Profiles: `paper` (the paper's model and data), `quick` (small, offline).",
+        "",
+    ]
+    if overview:
+        lines += ["| figure | profile | seeds | claims passed |", "|---|---|---|---|", *overview, ""]
+    lines += sections
+    if missing:
+        lines += ["## Not yet run", ""]
+        lines += [f"- **{f}** ({_title(f)}): `make {f} PROFILE=quick` (small, offline) or `make {f}` (paper scale)" for f in missing]
+        lines += [""]
+    if broken:
+        lines += ["## Skipped runs", ""]
+        lines += [f"- `{p.relative_to(root).as_posix()}`: {why}" for p, why in broken]
+        lines += [""]
+        for path, why in broken:
+            warnings.warn(f"skipping {path}: {why}", stacklevel=2)
+    return runs.atomic_write(root / "README.md", "\n".join(lines).rstrip() + "\n")

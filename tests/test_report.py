@@ -1,0 +1,55 @@
+import json
+import shutil
+
+import pytest
+
+from nfstudy import figures, runs
+from nfstudy.claims import claims_table
+from nfstudy.report import FIGURE_ORDER, build_report
+
+
+def _fig2_run(root, seed):
+    from experiments import fig2, params_for
+
+    params = params_for("fig2", "quick", depth=44, layer=22, batch_size=16)
+    run = runs.Run.start("fig2", "quick", seed, {}, dataset=params.dataset, device="cpu", root=root)
+    tables = run.save_tables(fig2.run(params, seed=seed, device="cpu"))
+    run.save_claims(claims_table("fig2", figures.load("fig2").claims(tables)))
+    run.finish()
+    return run.dir
+
+
+def test_empty_results_list_every_figure_as_not_yet_run(tmp_path):
+    page = build_report(tmp_path / "results").read_text()
+    assert "## Not yet run" in page
+    for figure in FIGURE_ORDER:
+        assert f"`make {figure} PROFILE=quick`" in page
+    assert "claims passed" not in page
+
+
+def test_report_from_copied_files_with_broken_runs_skipped(tmp_path):
+    source = tmp_path / "elsewhere"
+    for seed in (0, 1):
+        _fig2_run(source, seed)
+    copied = tmp_path / "results"
+    shutil.copytree(source, copied)  # results brought from another machine
+    # a run that failed, one without run.json, and one whose run.json is garbage
+    failed = copied / "fig2" / "quick" / "seed=7"
+    shutil.copytree(copied / "fig2" / "quick" / "seed=1", failed)
+    meta = json.loads((failed / "run.json").read_text())
+    (failed / "run.json").write_text(json.dumps({**meta, "seed": 7, "status": "failed", "error": "OOM"}))
+    (copied / "fig2" / "quick" / "seed=8").mkdir()
+    (copied / "fig2" / "quick" / "seed=9").mkdir()
+    (copied / "fig2" / "quick" / "seed=9" / "run.json").write_text("{not json")
+    with pytest.warns(UserWarning) as caught:
+        page = build_report(copied).read_text()
+    warned = " ".join(str(w.message) for w in caught)
+    assert "seed=7" in warned and "seed=8" in warned and "seed=9" in warned
+    assert "![fig2 (quick)](fig2/quick/fig2.png)" in page and (copied / "fig2" / "quick" / "fig2.png").stat().st_size > 10_000
+    assert "| fig2 | quick | 2 |" in page.replace("[fig2](#fig2-gradients-of-a-conv-kernel-at-initialisation-bjorck-et-al-2018-fig-2)", "fig2")
+    assert "2/2 |" in page  # claims over both completed seeds
+    assert "`fig2/quick/seed=7`: status 'failed': OOM" in page
+    assert "`fig2/quick/seed=8`: no readable run.json" in page
+    assert "**seeds** 0, 1" in page and "digits" in page and "torch" in page
+    claims = (copied / "fig2" / "quick" / "claims.csv").read_text()
+    assert "n_seeds" in claims
