@@ -84,6 +84,7 @@ from torch import nn
 
 from .data import ImageDataset
 from .params import check_choice, check_positive
+from .runs import atomic_write, atomic_write_csv
 from .runtime import progress, resolve_device
 
 __all__ = [
@@ -302,8 +303,6 @@ def _fingerprint(description: dict[str, Any]) -> str:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    from .runs import atomic_write
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(path, buffer.getvalue())
@@ -415,7 +414,11 @@ def train(
     test_loader = data.loader("test", config.eval_batch_size, shuffle=False, **common)
     steps = len(train_loader)
     n = len(data.train_labels)
-    sizes = torch.tensor([min(config.batch_size, n - b * config.batch_size) for b in range(steps)], device=device, dtype=torch.float32)  # fmt: skip
+    batch_sizes = [min(config.batch_size, n - b * config.batch_size) for b in range(steps)]  # global
+    if min(batch_sizes) < world:
+        raise ValueError(f"the last batch of an epoch has {min(batch_sizes)} images, fewer than the {world} ranks: "
+                         "use drop_last=True or another batch_size")  # fmt: skip
+    sizes = torch.tensor(batch_sizes, device=device, dtype=torch.float32)
     step_loss = torch.zeros(steps, device=device)  # per-step loss sums, on the device until a sync
     step_correct = torch.zeros(steps, device=device)
     bar = progress(total=s["budget"] * steps, initial=s["epoch"] * steps, desc=desc, unit="step", **({"disable": True} if rank else {}))  # fmt: skip
@@ -445,7 +448,8 @@ def train(
             step_loss[b], step_correct[b] = loss_sum.detach(), (logits.argmax(1) == y).sum()
             if b + 1 == steps or b + 1 - synced >= config.sync_every:  # a host sync: check, report
                 window = slice(synced, b + 1)
-                _all_reduce(step_loss[window], world), _all_reduce(step_correct[window], world)
+                for totals in (step_loss[window], step_correct[window]):
+                    _all_reduce(totals, world)  # every step's sums, once, over all ranks
                 losses = (step_loss[window] / sizes[window]).tolist()
                 if s["initial_loss"] is None:
                     s["initial_loss"] = losses[0]
@@ -453,7 +457,7 @@ def train(
                     if not math.isfinite(value) or value > config.divergence_factor * s["initial_loss"]:
                         s.update(status="diverged", diverged_step=s["epoch"] * steps + synced + i + 1, diverged_loss=value)
                         break
-                seconds, images = time.perf_counter() - tick, float(sizes[window].sum())
+                seconds, images = time.perf_counter() - tick, float(sum(batch_sizes[window]))
                 trained_seconds, trained_images = trained_seconds + seconds, trained_images + images
                 bar.update(b + 1 - synced)
                 bar.set_postfix(epoch=s["epoch"] + 1, lr=f"{lr:.2g}", loss=f"{sum(losses) / len(losses):.3g}",
@@ -470,8 +474,6 @@ def train(
                    train_accuracy=float(step_correct.sum()) / n, test_loss=test_loss, test_accuracy=test_accuracy)  # fmt: skip
         s["history"].append(row)
         if writer:
-            from .runs import atomic_write_csv
-
             atomic_write_csv(_history_frame(s["history"], s["budget"]), out / "history.csv")
         if on_epoch is not None:
             on_epoch({**row, "progress_pct": 100.0 * s["epoch"] / s["budget"]})
@@ -484,8 +486,6 @@ def train(
     if s["diverged_step"] is not None:
         s["step"] = s["diverged_step"]
     if writer and not finished_before:
-        from .runs import atomic_write_csv
-
         atomic_write_csv(_history_frame(s["history"], s["budget"]), out / "history.csv")
         checkpoint()
     return TrainResult(

@@ -164,6 +164,22 @@ def test_clip_hook_sees_the_gradients_and_changes_the_step(tiny):
     pd.testing.assert_frame_equal(halved[cols], half_lr[cols], rtol=1e-6)  # SGD: lr * (g / 2) == (lr / 2) * g
 
 
+def test_nfstudy_clip_plugs_into_the_hook(tiny):
+    from nfstudy.clip import GradientClipper
+
+    def distance_moved(clip):
+        model = resnet8("nf")
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        plain = config(epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0)
+        result = train(model, tiny, plain, device="cpu", clip=clip)
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm()), result.steps
+
+    clipped, steps = distance_moved(GradientClipper("norm", 1e-3))
+    assert clipped <= steps * 0.1 * 1e-3 * (1 + 1e-4)  # each plain SGD step moves lr * ||g|| <= lr * 1e-3
+    unclipped, _ = distance_moved(None)
+    assert unclipped > 10 * steps * 0.1 * 1e-3
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
