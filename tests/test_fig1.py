@@ -105,7 +105,7 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
     crosses = [c for c in test_ax.collections if type(c).__name__ == "PathCollection"]
     assert len(crosses) == 1 and len(crosses[0].get_offsets()) == 2  # the diverged series, once per seed
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "no BN, lr=50: diverged (step " in " ".join(labels) and "lr ÷ 10" in labels
+    assert "no BN, lr=50: diverged at step" in " ".join(labels) and "lr ÷ 10" in labels
     assert "mean ± std of 2 seeds" in fig._suptitle.get_text()
 
 

@@ -68,11 +68,13 @@ def plot(tables: dict[str, pd.DataFrame]):
                 x, m, s = stats["progress_pct"], 100 * stats["mean"], 100 * stats["std"]
                 ax.plot(x, m, color=color, lw=1.6)
                 if n_seeds > 1:
-                    ax.fill_between(x, m - s, m + s, color=color, alpha=0.25, lw=0)
+                    ax.fill_between(x, (m - s).clip(0, 100), (m + s).clip(0, 100), color=color, alpha=0.25, lw=0)
             if len(diverged):
                 ax.scatter(diverged["diverged_pct"], [chance] * len(diverged), marker="x", s=60, color=color, zorder=5, lw=2)
-                steps = ", ".join(str(int(v)) for v in diverged["diverged_step"])
-                label += f": diverged (step {steps})" if len(diverged) == len(o) else f": diverged in {len(diverged)}/{len(o)} seeds"
+                steps = sorted({int(v) for v in diverged["diverged_step"]})
+                at = f"at step {steps[0]}" if len(steps) == 1 else f"at steps {', '.join(map(str, steps))}"
+                seeds = "" if len(o) == 1 else f" ({len(diverged)} seeds)" if len(diverged) == len(o) else f" ({len(diverged)} of {len(o)} seeds)"
+                label += f": diverged {at}{seeds}"
             if split == "train":
                 style = dict(marker="x", ls="none", markersize=7, mew=2) if len(diverged) == len(o) else dict(lw=1.6)
                 handles.append(Line2D([], [], color=color, label=label, **style))
