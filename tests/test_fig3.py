@@ -9,7 +9,6 @@ import pytest
 from nfstudy import figures
 from nfstudy.cli import main
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = ["-p", "depth", "8", "-p", "batch_size", "16", "-p", "n_step_sizes", "5", "-p", "batches", "[0, 2]"]
 

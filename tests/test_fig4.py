@@ -9,7 +9,6 @@ import pytest
 from nfstudy import figures
 from nfstudy.cli import main
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = ["-p", "depth", "20", "-p", "layers", "[2, 10, 18]", "-p", "batch_size", "16", "-p", "n_fractions", "3"]
 

@@ -17,7 +17,6 @@ from nfstudy.probes import (
 )
 from nfstudy.probes.landscape import relative_loss_by_trial_steps
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS = np.logspace(-4, 0.5, 7)
 
