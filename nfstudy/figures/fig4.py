@@ -177,8 +177,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 DIVERGENCE,
             ),
             Claim(
-                f"During the diverging update the deep layers' activations blow up far beyond the shallow ones' "
-                f"(paper: layer 80 variances ~1e16)",
+                "During the diverging update the deep layers' activations blow up far beyond the shallow ones' "
+                "(paper: layer 80 variances ~1e16)",
                 f"average channel variance after the update, layer {deep} / layer {shallow}, no BN",
                 _ratio(deep_end, shallow_end),
                 ">=",
