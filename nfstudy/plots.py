@@ -33,7 +33,7 @@ SERIES_COLORS = {
     "ws": _PALETTE[4],
     "nf": _PALETTE[2],
     "none+agc": _PALETTE[1],
-    "nf+agc": _PALETTE[8],
+    "nf+agc": "#7E2F8E",  # purple: the palette's yellow is unreadable as text and thin lines
     "bn+agc": _PALETTE[9],
 }
 
