@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..claims import Claim
-from ..plots import figure, series_color, series_label
+from ..plots import figure, series_color, series_label, series_linestyle
 
 __all__ = ["best_lambda", "claims", "panel_a", "plot", "test_accuracy"]
 
@@ -124,7 +124,7 @@ def plot(tables: dict[str, pd.DataFrame]):
         runs = a[a["series"] == series]
         stats = _mean_std(runs, "batch_size")
         x, m, s = stats["batch_size"], 100 * stats["mean"], 100 * stats["std"]
-        ax.plot(x, m, color=color, lw=1.8, marker="o", ms=4, zorder=3)
+        ax.plot(x, m, color=color, lw=1.8, marker="o", ms=4, zorder=3, ls=series_linestyle(series))
         if n_seeds > 1:
             ax.fill_between(x, (m - s).clip(0, 100), (m + s).clip(0, 100), color=color, alpha=0.2, lw=0)
         gone = runs[runs["diverged"].astype(bool)]
@@ -133,7 +133,7 @@ def plot(tables: dict[str, pd.DataFrame]):
         label = series_label(series) + (" (best λ per batch)" if series in clipped else "")
         if len(gone):
             label += f": diverged at {_diverged_at(runs, n_seeds)}"
-        handles.append(Line2D([], [], color=color, lw=1.8, marker="o", ms=4, label=label))
+        handles.append(Line2D([], [], color=color, lw=1.8, marker="o", ms=4, ls=series_linestyle(series), label=label))
         if series in clipped:
             for b, g in runs.groupby("batch_size"):
                 lams = g["agc_lambda"].value_counts()
@@ -195,7 +195,8 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize=7, loc="lower left", frameon=True)
     handles.append(Line2D([], [], color="0.5", ls="none", marker="x", ms=7, mew=2, label="diverged (drawn at chance)"))
     subtitle = f"mean ± std of {n_seeds} seeds" if n_seeds > 1 else f"seed {seeds[0]}"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
+               handlelength=3.2)  # long enough to show a dashed line  # fmt: skip
     fig.suptitle(f"{TITLE}\n{subtitle}", fontsize=10)
     return fig
 

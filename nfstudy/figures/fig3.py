@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..claims import Claim
-from ..plots import figure, series_color, series_label
+from ..plots import figure, series_color, series_label, series_linestyle
 
 __all__ = ["claims", "plot", "step_size_summary"]
 
@@ -82,7 +82,7 @@ def plot(tables: dict[str, pd.DataFrame]):
                 ax.fill_between(steps, low, high, color=color, alpha=0.25, lw=0)
             diverged = ~np.isfinite(median) | (median > DIVERGENCE)
             cut = int(np.argmax(diverged)) + 1 if diverged.any() else len(steps)  # up to the first diverged point
-            ax.plot(steps[:cut], shown[:cut], color=color, lw=1.6, marker="o", ms=2.5)
+            ax.plot(steps[:cut], shown[:cut], color=color, lw=1.6, marker="o", ms=2.5, ls=series_linestyle(s))
             ax.plot(steps[cut - 1 :], shown[cut - 1 :], color=color, lw=1.0, marker="o", ms=2, alpha=0.3)
             off = median >= Y_CEILING
             if off.any():
