@@ -73,13 +73,15 @@ def _stage(name: str) -> int:
 
 
 def expected_nf_variance(model) -> list[float]:
-    """The NF-ResNet's analytic Var at the stem and after every block (see the docstring)."""
-    expected = [1.0]
+    """The NF-ResNet's analytic Var at the stem and after every block (see the docstring),
+    for the skip gains the blocks hold now."""
+    expected, var = [1.0], 1.0
     for _, block in model.blocks():
         if not isinstance(block, NFBlock):
             raise TypeError(f"expected an NF-ResNet, got a block of type {type(block).__name__}")
-        gain = (block.alpha * float(block.skip_gain.detach())) ** 2
-        expected.append((1.0 if block.shortcut is not None else block.beta**2) + gain)
+        # A transition block's shortcut sees the normalised input h / beta: variance 1.
+        var = (1.0 if block.shortcut is not None else var) + (block.alpha * float(block.skip_gain.detach())) ** 2
+        expected.append(var)
     return expected
 
 
