@@ -29,7 +29,7 @@ PANELS_TEXT = {"avg_channel_abs_mean": "mean_C |channel mean|", "avg_channel_std
 
 
 def _factor(log10_factor: float) -> str:
-    return f"x10$^{{{log10_factor:.1f}}}$" if abs(log10_factor) >= 2 else f"x{10**log10_factor:.2g}"
+    return f"×10$^{{{log10_factor:.1f}}}$" if abs(log10_factor) >= 2 else f"×{10**log10_factor:.2g}"
 
 
 def _series_order(df: pd.DataFrame) -> list[str]:

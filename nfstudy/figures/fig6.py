@@ -44,15 +44,14 @@ def _epoch_heatmap(ax, rows: pd.DataFrame):
 
 
 def plot(tables: dict[str, pd.DataFrame]):
-    """Top: the single-batch heatmap of network 0 (first seed) per series. Middle: network
-    0's epoch average per true class (mean over seeds). Bottom: per network, the share of
-    images to which the dominant class gets more than half the probability."""
+    """Top: the single-batch heatmap of network 0 (first seed) per series. Middle: that
+    network's epoch average per true class. Bottom: every network of every seed, the
+    share of images to which its dominant class gets more than half the probability."""
     grads = tables["logit_gradients"]
     summary = tables["dominant_class"]
     epoch = tables.get("logit_gradients_epoch")
     order = _series_order(grads)
     seed0 = sorted(grads["seed"].unique())[0]
-    n_seeds = grads["seed"].nunique()
     style()
     rows = [[f"batch:{s}" for s in order]]
     if epoch is not None and len(epoch):
@@ -78,18 +77,19 @@ def plot(tables: dict[str, pd.DataFrame]):
         if series == order[0]:
             ax.set_ylabel(f"image (sorted by label)\nseed {seed0}, network 0")
         if epoch is not None and len(epoch):
-            e = epoch[epoch["series"] == series]
+            # Network 0 of the first seed only: each seed's network favours its own class,
+            # and an average over networks would paint several half-bright columns.
+            e = epoch[(epoch["series"] == series) & (epoch["seed"] == seed0)]
             ax = axes[f"epoch:{series}"]
             _epoch_heatmap(ax, e)
-            n = int(e[(e["seed"] == e["seed"].min()) & (e["class"] == 0)]["n_images"].sum())
-            over = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
-            ax.set_title(f"{series_label(series)}, epoch average\nby true class ({n} images{over})", fontsize=9)
+            n = int(e[e["class"] == 0]["n_images"].sum())
+            ax.set_title(f"{series_label(series)}, epoch average\nby true class ({n} images)", fontsize=9)
             ax.set_xlabel("class (logit)")
             ax.set_xticks(range(e["class"].nunique()))
             ax.set_yticks(range(e["label"].nunique()))
             ax.grid(False)
             if series == order[0]:
-                ax.set_ylabel("true class")
+                ax.set_ylabel(f"true class\nseed {seed0}, network 0")
     fig.colorbar(image, ax=[axes[k] for k in axes if k != "shares"], shrink=0.6, label="d loss / d logit")
     _shares_panel(axes["shares"], summary[summary["scope"] == "batch"], order)
     fig.suptitle(TITLE, fontsize=10)

@@ -12,14 +12,14 @@ same variance of the residual branch ``f_i`` before it is scaled and added.
     probe.frame()                       # tidy: network, forward, depth, name, kind, statistic, value
     probe.channel_frame([44])           # per channel: ... channel, statistic, value
 
-How it stays cheap: each hook reduces its layer's output to the per-channel mean and
-(biased) variance *on the device* the moment the layer runs, and keeps only those
-``2 x C`` numbers, never the activation (so later in-place ops, e.g. an in-place ReLU on
-a conv's output, cannot change what was measured). A hook on the root module
-concatenates every layer's moments when the forward pass ends and copies them to the
-host in one transfer: one device synchronisation per forward, not one per layer as
-``.item()`` in every hook would cost. Everything else (std, squared mean, averages over
-channels) is derived on the host from those moments, in float64.
+How it stays cheap: each hook reduces its layer's output to per-channel sums (of the
+values and of their squares) *on the device* the moment the layer runs, and keeps only
+those ``2 x C`` numbers, never the activation (so later in-place ops, e.g. an in-place
+ReLU on a conv's output, cannot change what was measured). A hook on the root module
+concatenates every layer's sums when the forward pass ends and copies them to the host
+in one transfer: one device synchronisation per forward, not one per layer as
+``.item()`` in every hook would cost. Means, variances, stds and the averages over
+channels are derived on the host from those sums, in float64.
 
 Hooks are removed on exit, also when the forward pass raises.
 """
@@ -45,6 +45,10 @@ __all__ = [
     "HookPoint",
     "activation_statistics",
     "channel_moments",
+    "channel_sums",
+    "finish_sums",
+    "moments_from_sums",
+    "plane_partials",
     "hook_points",
 ]
 
@@ -79,18 +83,17 @@ class HookPoint:
     on_input: bool = False  # measure the module's input (the stem = input of block 1)
 
 
-def channel_moments(x: torch.Tensor, accumulate: torch.dtype | None = None) -> torch.Tensor:
-    """``2 x C``: per-channel mean and biased variance of ``x`` (channels on dim 1),
-    reduced over every other dim on ``x``'s device, returned in float64 (float32 on MPS).
+def plane_partials(x: torch.Tensor, accumulate: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, norms)``, each ``P x C``: the sum and the 2-norm of the values of every
+    (image, channel) plane of ``x`` (channels on dim 1; ``P`` = batch size), on ``x``'s
+    device, accumulated in ``accumulate`` (default float32, or the input's dtype if wider).
 
-    Two contiguous reductions per (image, channel) plane, a sum and a sum of squares
-    (as a 2-norm), accumulated in ``accumulate`` (default: float32, or the input's dtype
-    if wider), then combined over the batch in float64 as ``E[x^2] - E[x]^2``. On a CPU
-    this costs a third of ``torch.var_mean`` over dims (0, 2, 3) (benchmarks/README.md).
-    Limits of the float32 default: a plane's sum of squares must stay below 3.4e38 (RMS
-    activations up to ~1e18 at 32 x 32; beyond that the variance is inf, never a wrong
-    finite number), and the variance keeps ~7 - log10(1 + mean^2 / var) significant
-    digits. Pass ``accumulate=torch.float64`` for diverging networks (slower on a CPU).
+    Two contiguous reductions, the whole per-activation cost of the probe: on a CPU a
+    third of ``torch.var_mean`` over dims (0, 2, 3) (benchmarks/README.md). A
+    channels-last tensor is reduced over its rows instead (``P`` = 1). The float32
+    default overflows to inf (never to a wrong finite number) once a plane's sum of
+    squares passes 3.4e38, i.e. beyond RMS activations of ~1e18 at 32 x 32: pass
+    ``accumulate=torch.float64`` for diverging networks (slower on a CPU).
     """
     x = x.detach()
     if x.dim() < 2:
@@ -98,19 +101,45 @@ def channel_moments(x: torch.Tensor, accumulate: torch.dtype | None = None) -> t
     n, c = x.shape[0], x.shape[1]
     if accumulate is None:
         accumulate = x.dtype if x.dtype == torch.float64 else torch.float32
-    combine = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     if x.is_contiguous():
-        rows, dim = x.reshape(n * c, -1), 1  # one row per (image, channel) plane
-    else:
-        rows, dim = x.movedim(1, -1).reshape(-1, c), 0  # channels last: channels innermost
-    sums = rows.sum(dim, dtype=accumulate).to(combine)
-    squares = torch.linalg.vector_norm(rows, dim=dim, dtype=accumulate).to(combine).square()
-    if dim == 1:
-        sums, squares = sums.view(n, c).sum(0), squares.view(n, c).sum(0)
-    count = x.numel() // c if c else 0
-    mean = sums / count
-    var = (squares / count - mean.square()).clamp_(min=0)  # rounding can dip below 0 for var << mean^2
-    return torch.stack((mean, var))
+        rows = x.reshape(n * c, -1)  # one row per (image, channel) plane
+        return rows.sum(1, dtype=accumulate).view(n, c), torch.linalg.vector_norm(rows, dim=1, dtype=accumulate).view(n, c)
+    rows = x.movedim(1, -1).reshape(-1, c)  # channels last: channels innermost
+    return rows.sum(0, dtype=accumulate).view(1, c), torch.linalg.vector_norm(rows, dim=0, dtype=accumulate).view(1, c)
+
+
+def finish_sums(sums: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """``... x 2 x C`` per-channel sum and sum of squares from :func:`plane_partials`
+    (``... x P x C`` each, any leading dims), in float64 (float32 on MPS, which has none)."""
+    combine = torch.float32 if sums.device.type == "mps" else torch.float64
+    return torch.stack((sums.to(combine).sum(-2), norms.to(combine).square().sum(-2)), dim=-2)
+
+
+def channel_sums(x: torch.Tensor, accumulate: torch.dtype | None = None) -> torch.Tensor:
+    """``2 x C``: per-channel sum and sum of squares of ``x`` over every dim but 1, on
+    ``x``'s device (:func:`plane_partials`, then :func:`finish_sums`)."""
+    return finish_sums(*plane_partials(x, accumulate))
+
+
+def moments_from_sums(sums, count: int):
+    """Per-channel mean and biased variance ``E[x^2] - E[x]^2`` from :func:`channel_sums`
+    of ``count`` values per channel (tensors or arrays). The variance keeps about
+    ``7 - log10(1 + mean^2 / var)`` significant digits with float32 partial sums."""
+    mean = sums[0] / count
+    var = sums[1] / count - mean**2
+    return mean, var.clip(min=0) if isinstance(var, np.ndarray) else var.clamp(min=0)  # rounding can dip below 0
+
+
+def channel_moments(x: torch.Tensor, accumulate: torch.dtype | None = None) -> torch.Tensor:
+    """``2 x C``: per-channel mean and biased variance of ``x`` over every dim but 1, on
+    ``x``'s device, from :func:`channel_sums` (same precision and range)."""
+    sums = channel_sums(x, accumulate)
+    return torch.stack(moments_from_sums(sums, x.numel() // max(x.shape[1], 1)))
+
+
+def _per_channel(x: torch.Tensor) -> int:
+    """How many values each channel of ``x`` pools (batch x space)."""
+    return x.numel() // x.shape[1] if x.dim() >= 2 and x.shape[1] else 0
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -198,7 +227,8 @@ class ActivationProbe:
         self.points = hook_points(model, layers)
         self.network = network if network is not None else str(getattr(model, "name", type(model).__name__))
         self._handles: list = []
-        self._pending: list[tuple[int, str, torch.Tensor]] = []  # (point, site, 2 x C moments) of this forward
+        # (point, site, values per channel, P x C plane sums, P x C plane norms) of this forward
+        self._pending: list[tuple[int, str, int, torch.Tensor, torch.Tensor]] = []
         self._records: list[tuple[int, int, str, np.ndarray]] = []  # (forward, point, site, 2 x C float64)
         self._forwards = 0
 
@@ -243,7 +273,7 @@ class ActivationProbe:
         def hook(module, args, output):
             if isinstance(output, torch.Tensor):
                 with torch.no_grad():
-                    self._pending.append((index, site, channel_moments(output, self.accumulate)))
+                    self._pending.append((index, site, _per_channel(output), *plane_partials(output, self.accumulate)))
 
         return hook
 
@@ -251,21 +281,37 @@ class ActivationProbe:
         def hook(module, args):
             if args and isinstance(args[0], torch.Tensor):
                 with torch.no_grad():
-                    self._pending.append((index, "output", channel_moments(args[0], self.accumulate)))
+                    self._pending.append((index, "output", _per_channel(args[0]), *plane_partials(args[0], self.accumulate)))
 
         return hook
 
     def _flush(self) -> None:
-        """End of a forward pass: one concatenation, one copy to the host."""
+        """End of a forward pass: finish the sums of all layers of one shape at once (a
+        ResNet has four shapes, so a handful of ops instead of a few per layer), then one
+        concatenation and one copy to the host."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        sizes = [m.numel() for _, _, m in pending]
-        host = torch.cat([m.flatten() for _, _, m in pending]).cpu().numpy().astype(np.float64)
-        offset = 0
-        for (index, site, moments), size in zip(pending, sizes):
-            self._records.append((self._forwards, index, site, host[offset : offset + size].reshape(2, -1)))
+        groups: dict[tuple, list[int]] = {}
+        for position, (*_, sums, norms) in enumerate(pending):
+            groups.setdefault((tuple(sums.shape), sums.dtype, sums.device), []).append(position)
+        order = [p for positions in groups.values() for p in positions]
+        finished = [
+            finish_sums(torch.stack([pending[p][3] for p in positions]), torch.stack([pending[p][4] for p in positions])).flatten()
+            for positions in groups.values()
+        ]
+        if len({f.device for f in finished}) == 1:
+            host = torch.cat(finished).cpu().numpy().astype(np.float64)
+        else:  # a model spread over devices: one copy per device
+            host = np.concatenate([f.cpu().numpy().astype(np.float64) for f in finished])
+        records, offset = {}, 0
+        for position in order:
+            index, site, count, sums, _ = pending[position]
+            size = 2 * sums.shape[1]
+            mean, var = moments_from_sums(host[offset : offset + size].reshape(2, -1), count)
+            records[position] = (self._forwards, index, site, np.stack((mean, var)))
             offset += size
+        self._records += [records[p] for p in range(len(pending))]  # in the order the layers ran
         self._forwards += 1
 
     # ------------------------------------------------------------------ results
