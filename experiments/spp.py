@@ -30,8 +30,7 @@ import torch
 from nfstudy.data import DATASETS, load_dataset
 from nfstudy.models import INITS, NORMS, NFBlock, cifar_resnet
 from nfstudy.params import check_choice, check_positive
-from nfstudy.probes import ActivationProbe
-from nfstudy.probes._state import preserved_state
+from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
 
 FIGURE = "spp"
@@ -105,9 +104,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
         model = cifar_resnet(params.depth, series, params.init, num_classes=num_classes, **extra).to(device)
         for input_kind in params.inputs:
-            with preserved_state(model, True), ActivationProbe(model, "blocks") as probe, torch.no_grad():
-                model(batches[input_kind])
-            stats = probe.frame()
+            stats = activation_statistics(model, batches[input_kind], "blocks")
             stats = stats[stats["statistic"].isin(STATISTICS)]
             if series == "nf":
                 expected = expected_nf_variance(model)

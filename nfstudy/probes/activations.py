@@ -47,9 +47,9 @@ __all__ = [
     "channel_moments",
     "channel_sums",
     "finish_sums",
+    "hook_points",
     "moments_from_sums",
     "plane_partials",
-    "hook_points",
 ]
 
 # Per channel c of one layer's output x (reduced over batch and space):
@@ -62,7 +62,6 @@ LAYER_STATISTICS = (
     "avg_channel_sq_mean",  # mean_C mean_c^2  SPP "average channel squared mean"
 )
 BRANCH_PREFIX = "branch_"  # the same statistics of a block's residual branch output
-SELECTIONS = ("weights", "blocks")
 
 
 @dataclass(frozen=True)
@@ -173,8 +172,7 @@ def hook_points(model: nn.Module, layers: str | Sequence[int] | Sequence[str] = 
                     f"{type(model).__name__} has no residual blocks (no blocks() method and no submodule "
                     f"with a `branch`): choose {_what_exists(model)}"
                 )
-            first_name, first = blocks[0]
-            points = [HookPoint(0, "stem", "block", first, on_input=True)]
+            points = [HookPoint(0, "stem", "block", blocks[0][1], on_input=True)]
             for depth, (name, block) in enumerate(blocks, start=1):
                 branch = getattr(block, "branch", None)
                 points.append(HookPoint(depth, name, "block", block, branch if isinstance(branch, nn.Module) else None))
