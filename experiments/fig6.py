@@ -104,13 +104,9 @@ def _gradient_rows(g: LogitGradients, **columns) -> pd.DataFrame:
 
 def _class_means(g: LogitGradients, num_classes: int, **columns) -> pd.DataFrame:
     """Mean gradient per (true class, logit class) over the images of each true class."""
-    grads, labels = g.gradients.double(), g.labels
-    sums = torch.zeros(num_classes, grads.shape[1], dtype=grads.dtype, device=grads.device)
-    sums.index_add_(0, labels, grads)
-    counts = torch.bincount(labels, minlength=num_classes)
-    means = (sums / counts.clamp(min=1).unsqueeze(1)).cpu().numpy()
-    counts = counts.cpu().numpy()
-    k = grads.shape[1]
+    means, counts = g.mean_by_label(num_classes)
+    means, counts = means.cpu().numpy(), counts.cpu().numpy()
+    k = means.shape[1]
     return pd.DataFrame(
         {
             **columns,

@@ -39,6 +39,13 @@ def test_epoch_is_the_concatenation_of_its_batches_and_leaves_the_model_unchange
     torch.testing.assert_close(epoch.gradients, torch.cat([g.gradients for g in one_by_one]))
     torch.testing.assert_close(epoch.labels, torch.cat([y for _, y in batches]))
     assert epoch.loss == pytest.approx(np.mean([g.loss for g in one_by_one]), rel=1e-6)
+    means, counts = epoch.mean_by_label(12)  # two classes more than the logits: empty rows
+    labels = epoch.labels.numpy()
+    assert counts.tolist() == np.bincount(labels, minlength=12).tolist()
+    for k in range(12):
+        rows = epoch.gradients[torch.from_numpy(labels == k)].double()
+        expected = rows.mean(0) if len(rows) else torch.zeros(10, dtype=torch.float64)
+        torch.testing.assert_close(means[k], expected)
     with pytest.raises(ValueError, match="no batches"):
         epoch_logit_gradients(model, [])
 
@@ -82,3 +89,13 @@ def test_without_bn_a_deep_resnet_predicts_one_class_for_every_input():
     torch.manual_seed(0)
     nf = logit_gradients(cifar_resnet(44, "nf", skip_gain_init=1.0), x, y)
     assert dominant_class(nf.gradients, nf.labels).share == 0.0
+
+
+def test_float64_logits_keep_their_precision():
+    torch.manual_seed(0)
+    model = cifar_resnet(8, "none").double()
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    g = logit_gradients(model, x, y)
+    assert g.gradients.dtype == torch.float64
+    expected = torch.softmax(g.logits, 1) - F.one_hot(y, 10).double()
+    torch.testing.assert_close(g.gradients, expected, rtol=1e-12, atol=1e-14)

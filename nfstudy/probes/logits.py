@@ -41,13 +41,26 @@ class LogitGradients:
         """The same on the host (one transfer per tensor)."""
         return LogitGradients(self.gradients.cpu(), self.logits.cpu(), self.labels.cpu(), self.loss)
 
+    def mean_by_label(self, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(means, counts)``: the mean gradient row of the images of each true class
+        (``num_classes x classes``, float64, on the device; a class without images gives
+        a row of zeros) and how many images each has. This is the epoch average that keeps
+        the rows' meaning: an average by position in the batch mixes a different random
+        image into each row every batch, and every row tends to the same vector."""
+        k = num_classes if num_classes is not None else self.gradients.shape[1]
+        grads = self.gradients.to(torch.float32 if self.gradients.device.type == "mps" else torch.float64)
+        sums = torch.zeros(k, grads.shape[1], dtype=grads.dtype, device=grads.device).index_add_(0, self.labels, grads)
+        counts = torch.bincount(self.labels, minlength=k)
+        return sums / counts.clamp(min=1).unsqueeze(1), counts
+
 
 def _gradient_of_logits(
     logits: torch.Tensor, labels: torch.Tensor, loss_fn: Callable[..., torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # The loss depends on the network only through the logits, so the graph is cut here:
     # no backward pass through the network is needed for d loss / d logits.
-    z = logits.detach().float().requires_grad_(True)
+    z = logits.detach()
+    z = (z.float() if z.dtype in (torch.float16, torch.bfloat16) else z.clone()).requires_grad_(True)
     with torch.enable_grad():
         summed = loss_fn(z, labels, reduction="sum")
         (grad,) = torch.autograd.grad(summed, z)
