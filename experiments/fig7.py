@@ -20,7 +20,7 @@ import torch
 
 from nfstudy.params import check_positive
 from nfstudy.randmat import fuss_catalan_edge, product_singular_values
-from nfstudy.runtime import progress, resolve_device
+from nfstudy.runtime import derived_seed, progress, resolve_device
 
 FIGURE = "fig7"
 
@@ -56,7 +56,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         device = torch.device("cpu")  # MPS has no float64
     values, summary = [], []
     for k in progress(params.factors, desc="fig7: random matrix products", unit="k"):
-        sv = product_singular_values(params.size, k, params.samples, seed=1000 * seed + k, device=device).numpy()
+        sv = product_singular_values(params.size, k, params.samples, seed=derived_seed(seed, k), device=device).numpy()
         samples, size = sv.shape
         values.append(
             pd.DataFrame(
