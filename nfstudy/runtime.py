@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["DEVICES", "progress", "resolve_device", "seed_everything"]
+__all__ = ["DEVICES", "derived_seed", "progress", "resolve_device", "seed_everything"]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
@@ -46,6 +46,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed for sub-experiment ``keys`` of run ``seed`` (network i of seed s, ...):
+    independent streams that never collide across seeds, the same on every machine."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, dtype=np.uint32)[0])
 
 
 def progress(iterable=None, **kwargs):

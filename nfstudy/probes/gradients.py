@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.surgery import get_layer
+from ._state import preserved_state
 
 __all__ = ["weight_gradients"]
 
@@ -25,18 +26,17 @@ def weight_gradients(
 
     ``layers`` are 1-based weight-layer depths (:func:`nfstudy.models.weight_layers`).
     The model runs in train mode by default (BatchNorm uses batch statistics, as at the
-    first step of training) and is put back in its previous mode. Existing ``.grad``
-    values are discarded. The gradients stay on the model's device.
+    first step of training); its mode and buffers (BatchNorm's running statistics) are
+    restored afterwards. Existing ``.grad`` values are discarded. The gradients stay on
+    the model's device.
     """
     modules = {depth: get_layer(model, depth).module for depth in layers}
-    was_training = model.training
-    model.train(train)
-    try:
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        grads = {depth: module.weight.grad.detach().clone() for depth, module in modules.items()}
-    finally:
-        model.train(was_training)
-        model.zero_grad(set_to_none=True)
+    with preserved_state(model, train):
+        try:
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            grads = {depth: module.weight.grad.detach().clone() for depth, module in modules.items()}
+        finally:
+            model.zero_grad(set_to_none=True)
     return grads, float(loss.detach())

@@ -1,0 +1,122 @@
+"""Signal propagation plots (Brock, De, Smith, ICLR 2021, arXiv 2101.08692, Fig. 1/2).
+
+For a freshly initialised ResNet in train mode (BatchNorm uses the batch's statistics),
+at the stem (the input of the first block, block 0) and at every residual block's
+output: the *average channel squared mean* ``mean_C(mean_NHW(x)^2)``, the *average
+channel variance* ``mean_C(var_NHW(x))`` and the *residual-branch variance*
+``mean_C(var_NHW(f_i))``, the branch's output before it is scaled (NF: before alpha and
+the skip gain) and added to the shortcut. Series: BN, no BN (same conv weights), and
+the NF-ResNet; inputs: a unit-Gaussian batch and a batch of real images.
+
+Our BN and no-BN networks are He et al.'s CIFAR ResNets: *post*-activation blocks
+``relu(x + f(x))``, so their block outputs are ReLU outputs (a positive mean by
+construction), where the NF paper plots pre-activation ResNets.
+
+For the NF series we also record the analytic variance the NF-ResNet is built on:
+``Var(h_{i+1}) = Var(h_i) + (alpha g)^2`` from the stem's 1, reset to ``1 + (alpha g)^2``
+by each stage's transition block (``g`` the skip gain), as statistic ``expected_var``.
+The NF series uses ``nf_skip_gain_init = 1``: with SkipInit's zero gain the branches
+are switched off and every block passes its input through (the plot is then flat by
+construction); the NF paper's plots show the variance growing as ``alpha^2`` per block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from nfstudy.data import DATASETS, load_dataset
+from nfstudy.models import INITS, NORMS, NFBlock, cifar_resnet
+from nfstudy.params import check_choice, check_positive
+from nfstudy.probes import activation_statistics
+from nfstudy.runtime import progress, resolve_device
+
+FIGURE = "spp"
+INPUTS = ("gaussian", "images")
+STATISTICS = ("avg_channel_sq_mean", "avg_channel_var", "branch_avg_channel_var")
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: str = "cifar10"  # the real images
+    depth: int = 110  # ResNet depth, 6n+2
+    batch_size: int = 128
+    init: str = "kaiming_fan_out"  # torchvision's ResNet default
+    series: tuple[str, ...] = ("bn", "none", "nf")
+    inputs: tuple[str, ...] = INPUTS  # unit-Gaussian noise and/or real images
+    nf_skip_gain_init: float = 1.0  # see the module docstring
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("init", self.init, INITS)
+        for s in self.series:
+            check_choice("series", s, NORMS)
+        for i in self.inputs:
+            check_choice("input", i, INPUTS)
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("depth", self.depth, integer=True)
+
+
+PROFILES = {
+    "paper": Params(),
+    # The same ResNet-110s on the bundled digits: six forward passes in all.
+    "quick": Params(dataset="digits"),
+}
+
+
+def _stage(name: str) -> int:
+    """``layer2.5`` -> 2; the stem -> 0."""
+    return int(name[len("layer")]) if name.startswith("layer") else 0
+
+
+def expected_nf_variance(model) -> list[float]:
+    """The NF-ResNet's analytic Var at the stem and after every block (see the docstring),
+    for the skip gains the blocks hold now."""
+    expected, var = [1.0], 1.0
+    for _, block in model.blocks():
+        if not isinstance(block, NFBlock):
+            raise TypeError(f"expected an NF-ResNet, got a block of type {type(block).__name__}")
+        # A transition block's shortcut sees the normalised input h / beta: variance 1.
+        var = (1.0 if block.shortcut is not None else var) + (block.alpha * float(block.skip_gain.detach())) ** 2
+        expected.append(var)
+    return expected
+
+
+def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.DataFrame]:
+    device = resolve_device(device)
+    batches = {}
+    if "images" in params.inputs:
+        data = load_dataset(params.dataset)
+        loader = data.loader("train", params.batch_size, seed=seed, device=device, drop_last=True)
+        batches["images"] = loader.first_batch()[0]
+        num_classes = data.num_classes
+    else:
+        num_classes = 10
+    if "gaussian" in params.inputs:
+        g = torch.Generator().manual_seed(seed)
+        batches["gaussian"] = torch.randn(params.batch_size, 3, 32, 32, generator=g).to(device)
+    frames = []
+    bar = progress(total=len(params.series) * len(batches), desc="spp: signal propagation", unit="pass")
+    for series in params.series:
+        torch.manual_seed(seed)  # every series from the same conv weights
+        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
+        model = cifar_resnet(params.depth, series, params.init, num_classes=num_classes, **extra).to(device)
+        for input_kind in params.inputs:
+            stats = activation_statistics(model, batches[input_kind], "blocks")
+            stats = stats[stats["statistic"].isin(STATISTICS)]
+            if series == "nf":
+                expected = expected_nf_variance(model)
+                points = stats.drop_duplicates("depth")[["depth", "name"]]
+                stats = pd.concat(
+                    [stats, points.assign(statistic="expected_var", value=[expected[d] for d in points["depth"]])],
+                    ignore_index=True,
+                )
+            frames.append(stats.assign(series=series, input=input_kind))
+            bar.update()
+    bar.close()
+    table = pd.concat(frames, ignore_index=True).rename(columns={"depth": "block", "name": "block_name"})
+    table["stage"] = table["block_name"].map(_stage)
+    columns = ["series", "input", "block", "block_name", "stage", "statistic", "value"]
+    return {"signal_propagation": table[columns].reset_index(drop=True)}

@@ -1,0 +1,76 @@
+"""Figure 5: channel statistics vs depth, from the experiment to the notebook."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nfstudy import figures
+from nfstudy.cli import main
+
+# ResNet-44: 20 residual blocks, enough for no-BN growth of orders of magnitude.
+TINY = {"depth": 44, "layers": (1, 6, 18, 30, 42), "networks": 2, "batch_size": 8}
+
+
+def test_experiment_tables_and_claims_at_tiny_size():
+    from experiments import fig5, params_for
+
+    params = params_for("fig5", "quick", **TINY)
+    table = fig5.run(params, seed=0, device="cpu")["activation_stats"]
+    assert table.columns.tolist() == ["series", "network", "depth", "layer_name", "statistic", "value"]
+    assert len(table) == 3 * 2 * 5 * 4  # series x networks x layers x statistics
+    names = table.drop_duplicates("depth").set_index("depth")["layer_name"]
+    assert names[1] == "conv1" and names[6] == "layer1.2.branch.conv1" and names[42] == "layer3.6.branch.conv1"
+    wide = table.pivot_table(index=["series", "network", "depth"], columns="statistic", values="value")
+    # Jensen: the mean of the channel stds squared never exceeds the mean channel variance.
+    assert (wide["avg_channel_std"] ** 2 <= wide["avg_channel_var"] * (1 + 1e-9)).all()
+    # Network i of every series starts from the same conv weights and sees the same batch:
+    # the stem conv's output (layer 1) is the same with and without BN.
+    stem = wide.xs(1, level="depth")
+    np.testing.assert_allclose(stem.loc["bn"].to_numpy(), stem.loc["none"].to_numpy(), rtol=1e-6)
+    # ... and different networks differ.
+    assert not np.allclose(stem.loc[("bn", 0)], stem.loc[("bn", 1)])
+    # Claims from layer 6 on, as in the paper: the stem conv sees normalised images, so its
+    # channel means are ~0 and any later layer is "orders of magnitude" above them.
+    claims = figures.load("fig5").claims({"activation_stats": table[table["depth"] > 1].assign(seed=0)})
+    assert len(claims) == 6 and all(c.passed for c in claims), [(c.claim, c.value) for c in claims]
+    pd.testing.assert_frame_equal(fig5.run(params, seed=0, device="cpu")["activation_stats"], table)
+
+
+def test_growth_and_exponential_fit_on_a_known_table():
+    from nfstudy.figures.fig5 import _log_linear_r2, growth
+
+    depths = np.array([6, 18, 30, 42])
+    rows = [
+        {"seed": 0, "series": "none", "network": n, "depth": d, "statistic": "avg_channel_std", "value": 10 ** (d / 12) * (1 + n)}
+        for n in (0, 1)
+        for d in depths
+    ]
+    table = pd.DataFrame(rows)
+    assert growth(table, "none", "avg_channel_std") == pytest.approx(3.0)  # 10^(36/12)
+    assert _log_linear_r2(table, "none", "avg_channel_std") == pytest.approx(1.0)
+
+
+def test_bad_parameters_name_the_fix():
+    from experiments import params_for
+
+    with pytest.raises(ValueError, match=r"layers must be weight layers 1\.\.20 of a ResNet-20, got \[30\]"):
+        params_for("fig5", "quick", depth=20, layers=(6, 30))
+    with pytest.raises(ValueError, match="networks=12 needs as many mini-batches of 128"):
+        from experiments import fig5
+
+        fig5.run(params_for("fig5", "quick", depth=8, layers=(2, 8), networks=12, batch_size=128), device="cpu")
+
+
+@pytest.mark.slow
+def test_papermill_run_writes_every_contract_file(results_root):
+    tiny = {**TINY, "layers": "6,18,30,42"}  # from layer 6 on, as in the paper
+    args = [x for k, v in tiny.items() for x in ("-p", k, str(v))]
+    assert main(["run", "fig5", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
+    folder = results_root / "fig5" / "quick" / "seed=0"
+    assert {p.name for p in folder.iterdir()} == {"fig5.ipynb", "run.json", "activation_stats.csv", "claims.csv", "fig5.png"}
+    assert json.loads((folder / "run.json").read_text())["params"]["layers"] == [6, 18, 30, 42]
+    claims = pd.read_csv(folder / "claims.csv")
+    assert len(claims) == 6 and claims["passed"].all()
+    assert (results_root / "fig5" / "quick" / "fig5.png").stat().st_size > 10_000

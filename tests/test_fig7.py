@@ -1,0 +1,72 @@
+"""Figure 7: singular values of products of random Gaussian matrices."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nfstudy import figures
+from nfstudy.cli import main
+from nfstudy.randmat import fuss_catalan_edge, gaussian_product, product_singular_values
+
+
+def test_fuss_catalan_edges():
+    assert fuss_catalan_edge(1) == 2.0  # Marchenko-Pastur, square
+    assert fuss_catalan_edge(3) == pytest.approx(math.sqrt(256 / 27))
+    assert fuss_catalan_edge(5) == pytest.approx(math.sqrt(6**6 / 5**5))
+
+
+def test_singular_values_are_those_of_the_explicit_product():
+    g = torch.Generator().manual_seed(7)
+    product = gaussian_product(40, 3, g)
+    g = torch.Generator().manual_seed(7)
+    factors = [torch.randn(40, 40, generator=g, dtype=torch.float64) / math.sqrt(40) for _ in range(3)]
+    torch.testing.assert_close(product, factors[2] @ factors[1] @ factors[0])
+    sv = product_singular_values(40, 3, samples=2, seed=7)
+    torch.testing.assert_close(sv[0], torch.linalg.svdvals(product))
+    assert (sv[:, :-1] >= sv[:, 1:]).all()  # descending
+
+
+def test_one_factor_follows_the_quarter_circle_law():
+    sv = product_singular_values(300, 1, samples=4, seed=0).numpy()
+    assert (sv**2).mean() == pytest.approx(1.0, abs=0.02)  # N(0, 1/n) entries preserve the norm
+    # density (1/pi) sqrt(4 - s^2) on [0, 2]: P(s < 0.1) = 0.0637
+    below = (sv < 0.1).mean()
+    assert below == pytest.approx(0.0637, abs=0.015)
+    assert sv.max() == pytest.approx(2.0, rel=0.05)
+
+
+def test_experiment_numbers_and_claims():
+    from experiments import fig7, params_for
+
+    tables = fig7.run(params_for("fig7", "quick", size=200, samples=3), seed=0, device="cpu")
+    values, summary = tables["singular_values"], tables["singular_value_summary"]
+    assert len(values) == 3 * 3 * 200 and summary["factors"].tolist() == [1, 3, 5]
+    np.testing.assert_allclose(summary["mean_square"], 1.0, atol=0.05)
+    assert summary["frac_small"].is_monotonic_increasing and summary["largest"].is_monotonic_increasing
+    recount = values.groupby("factors")["singular_value"].apply(lambda s: (s < 0.1).mean()).to_numpy()
+    np.testing.assert_allclose(summary["frac_small"], recount)
+    claims = figures.load("fig7").claims({k: v.assign(seed=0) for k, v in tables.items()})
+    assert [c.passed for c in claims] == [True, True, True]
+    again = fig7.run(params_for("fig7", "quick", size=200, samples=3), seed=0, device="cpu")
+    pd.testing.assert_frame_equal(again["singular_values"], values)
+
+
+def test_bad_parameters_name_the_fix():
+    from experiments import params_for
+
+    with pytest.raises(ValueError, match="factors must be distinct and increasing"):
+        params_for("fig7", "quick", factors=(3, 1))
+    with pytest.raises(ValueError, match="size must be > 0"):
+        params_for("fig7", "quick", size=0)
+
+
+@pytest.mark.slow
+def test_papermill_run_writes_every_contract_file(results_root):
+    assert main(["run", "fig7", "--profile", "quick", "--seed", "0", "--device", "cpu", "-p", "size", "200", "-p", "samples", "2"]) == 0
+    folder = results_root / "fig7" / "quick" / "seed=0"
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"fig7.ipynb", "run.json", "singular_values.csv", "singular_value_summary.csv", "claims.csv", "fig7.png"}
+    assert pd.read_csv(folder / "claims.csv")["passed"].all()
