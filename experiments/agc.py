@@ -43,25 +43,23 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
+from ._common import make_resnet, split_agc
 
 FIGURE = "agc"
 # Brock et al. 2021, Fig. 2(b): the clipping thresholds of the ablation.
 PAPER_LAMBDAS = (0.01, 0.02, 0.04, 0.08, 0.16)
 # Fig. 2(a): batch sizes 256 ... 4096 at lr 0.1 * B / 256.
 PAPER_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
-AGC_SUFFIX = "+agc"
 HISTORY_KEYS = ["series", "norm", "agc_lambda", "batch_size", "base_lr"]
 
 
 def parse_series(spec: str) -> tuple[str, bool]:
     """``"nf+agc"`` -> ``("nf", True)``, ``"bn"`` -> ``("bn", False)``; a clear error otherwise."""
-    spec = str(spec)
-    agc = spec.endswith(AGC_SUFFIX)
-    norm = spec[: -len(AGC_SUFFIX)] if agc else spec
+    norm, agc = split_agc(spec)
     if not norm or "+" in norm or "@" in norm:
         raise ValueError(f"series must be a norm, optionally with +agc, e.g. 'bn', 'nf', 'nf+agc'; got {spec!r}")
     check_choice("norm in series", norm, NORMS)
@@ -179,8 +177,7 @@ def run(
     histories, summaries = [], []
     for series, norm, lam, batch_size in params.runs():
         torch.manual_seed(seed)  # the same initial weights for every run of a norm
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if norm == "nf" else {}
-        model = cifar_resnet(params.depth, norm, params.init, num_classes=data.num_classes, **extra)
+        model = make_resnet(params, norm, data.num_classes)
         clip = None if math.isnan(lam) else GradientClipper("adaptive", lam)
         config = params.train_config(batch_size)
         out_dir = Path(checkpoint_dir) / run_folder(series, lam, batch_size) if checkpoint_dir is not None else None

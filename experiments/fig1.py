@@ -42,16 +42,17 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
+
+from ._common import AGC_SUFFIX, make_resnet, split_agc
 
 FIGURE = "fig1"
 PAPER_SERIES = ("bn@0.1", "bn@0.003", "bn@0.0001", "none@0.0001", "nf@0.1", "none@0.1")
 # The bridge to the NFNets paper: the networks without BN, clipped, at BN's large rate.
 AGC_SERIES = ("none+agc@0.1", "nf+agc@0.1")
-AGC_SUFFIX = "+agc"
 
 
 def parse_series(spec: str) -> tuple[str, float, bool]:
@@ -64,8 +65,7 @@ def parse_series(spec: str) -> tuple[str, float, bool]:
         value = None
     if not sep or value is None:
         raise ValueError(f"series must be norm@lr or norm+agc@lr, e.g. 'bn@0.1' or 'none+agc@0.1'; got {spec!r}")
-    agc = net.endswith(AGC_SUFFIX)
-    norm = net[: -len(AGC_SUFFIX)] if agc else net
+    norm, agc = split_agc(net)
     check_choice("norm in series", norm, NORMS)
     check_positive(f"learning rate of series {spec!r}", value)
     return norm, value, agc
@@ -152,7 +152,7 @@ def run(
         norm, lr, agc = parse_series(spec)
         name = series_name(norm, lr, agc)
         torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
-        model = cifar_resnet(params.depth, norm, params.init, num_classes=data.num_classes)
+        model = make_resnet(params, norm, data.num_classes)
         clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
         # The clipper is not part of the engine's checkpoint fingerprint: the threshold is in the folder's name.
         folder = f"{norm}+agc{params.agc_lambda:g}_lr{lr:g}" if agc else f"{norm}_lr{lr:g}"

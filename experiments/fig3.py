@@ -40,22 +40,19 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
+from ._common import AGC_SUFFIX, make_resnet, split_agc
 
 FIGURE = "fig3"
-AGC_SUFFIX = "+agc"
 
 
 def parse_series(spec: str) -> tuple[str, bool]:
     """``"none+agc"`` -> ``("none", True)``, ``"bn"`` -> ``("bn", False)``."""
-    spec = str(spec)
-    agc = spec.endswith(AGC_SUFFIX)
-    norm = spec[: -len(AGC_SUFFIX)] if agc else spec
-    check_choice("series", spec, NORMS + tuple(n + AGC_SUFFIX for n in NORMS))
-    return norm, agc
+    check_choice("series", str(spec), NORMS + tuple(n + AGC_SUFFIX for n in NORMS))
+    return split_agc(spec)
 
 
 @dataclass(frozen=True)
@@ -139,8 +136,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         norm, agc = parse_series(series)
         # Every series starts from the same weights (where shapes agree) and sees the same batches.
         torch.manual_seed(seed)
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if norm == "nf" else {}
-        model = cifar_resnet(params.depth, norm, params.init, num_classes=data.num_classes, **extra).to(device)
+        model = make_resnet(params, norm, data.num_classes).to(device)
         clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
         loader = data.loader("train", params.batch_size, augment=params.augment, seed=seed, device=device, drop_last=True)
