@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet, get_layer
+from nfstudy.models import INITS, NORMS, get_layer
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
+from ._common import make_resnet
 
 FIGURE = "fig2"
 
@@ -73,8 +74,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     values, summary = [], []
     for series in progress(params.series, desc="fig2: gradients at init", unit="net"):
         torch.manual_seed(seed)  # every series starts from the same conv weights
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-        model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+        model = make_resnet(params, series, data.num_classes).to(device)
         grads, loss = weight_gradients(model, images, labels, [params.layer])
         g = grads[params.layer].flatten().cpu()
         name = get_layer(model, params.layer).name

@@ -13,6 +13,16 @@ network without BN starts at a loss of ~1e9 and its first update at lr 1e-4 alre
 gives NaN (we measured it on digits), so it cannot be the paper's no-BN network, which
 trains at 1e-4 (Fig. 1). ``init`` is a parameter.
 
+The bridge to the NFNets paper (Brock et al. 2021): a series ``"none+agc"`` or ``"nf+agc"``
+trains that network with adaptive gradient clipping (``GradientClipper("adaptive",
+agc_lambda)``, the classifier's weight unclipped) and probes along the update a clipped
+training step takes: the clipped gradient, then weight decay and momentum (what
+``optimizer.step()`` applies after ``clip(model)``). AGC does not depend on the learning
+rate, so the probed step of size ``eta`` is what training at lr ``eta`` would do. Both
+train at BN's lr 0.1 (the question: does clipping give the network without BN the range of
+usable step sizes that BN gives it?); ``agc_lambda`` = 0.08 as in Figure 1, the paper's
+advice for batches below 1024.
+
 NF skip gain: ``nf_skip_gain_init = 1``. With SkipInit's 0 every residual branch of the
 NF-ResNet is switched off at initialisation and only opens slowly over the first
 updates, so at mini-batches 1-7 the NF row would probe a nearly shallow network, not a
@@ -28,13 +38,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nfstudy.clip import GradientClipper
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
+from ._common import AGC_SUFFIX, make_resnet, split_agc
 
 FIGURE = "fig3"
+
+
+def parse_series(spec: str) -> tuple[str, bool]:
+    """``"none+agc"`` -> ``("none", True)``, ``"bn"`` -> ``("bn", False)``."""
+    check_choice("series", str(spec), NORMS + tuple(n + AGC_SUFFIX for n in NORMS))
+    return split_agc(spec)
 
 
 @dataclass(frozen=True)
@@ -43,8 +61,9 @@ class Params:
     depth: int = 110  # ResNet depth, 6n+2
     batch_size: int = 128
     init: str = "xavier_uniform"  # see the module docstring
-    series: tuple[str, ...] = ("bn", "none", "nf")
-    learning_rates: tuple[float, ...] = (0.1, 1e-4, 0.1)  # training lr of each series, in order
+    series: tuple[str, ...] = ("bn", "none", "nf", "none+agc", "nf+agc")  # a norm, +agc: trained with AGC
+    learning_rates: tuple[float, ...] = (0.1, 1e-4, 0.1, 0.1, 0.1)  # training lr of each series, in order
+    agc_lambda: float = 0.08  # AGC clipping threshold of the +agc series
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batches: tuple[int, ...] = (1, 4, 7)  # probed mini-batches; batch k comes after k updates
@@ -59,7 +78,10 @@ class Params:
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("init", self.init, INITS)
         for s in self.series:
-            check_choice("series", s, NORMS)
+            parse_series(s)
+        if len(set(self.series)) < len(self.series):
+            raise ValueError(f"series repeats an entry: {', '.join(self.series)}")
+        check_positive("agc_lambda (the AGC clipping threshold)", self.agc_lambda)
         if len(self.learning_rates) != len(self.series):
             raise ValueError(
                 f"learning_rates needs one value per series: {len(self.series)} series "
@@ -92,8 +114,17 @@ PROFILES = {
     "paper": Params(),
     # The same ResNet-110 on the bundled digits, batch 64, 19 step sizes (3 per decade).
     # Depth matters: at ResNet-56 the no-BN network's band of loss-lowering steps is only
-    # ~3x narrower than BN's at mini-batch 7, against 100x and more at 110.
-    "quick": Params(dataset="digits", batch_size=64, n_step_sizes=19),
+    # ~3x narrower than BN's at mini-batch 7, against 100x and more at 110. Of the AGC
+    # series only no BN + AGC, the one the bridge question is about: each ResNet-110 series
+    # costs 25-30 s of CPU, and with NF + AGC too (its rows look like NF's) the figure took
+    # 152 s of the 3 minutes a quick figure may take; `-p series` adds it back.
+    "quick": Params(
+        dataset="digits",
+        batch_size=64,
+        n_step_sizes=19,
+        series=("bn", "none", "nf", "none+agc"),
+        learning_rates=(0.1, 1e-4, 0.1, 0.1),
+    ),
 }
 
 
@@ -102,10 +133,11 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     data = load_dataset(params.dataset)
     frames = []
     for series, lr in zip(params.series, params.learning_rates):
+        norm, agc = parse_series(series)
         # Every series starts from the same weights (where shapes agree) and sees the same batches.
         torch.manual_seed(seed)
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-        model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+        model = make_resnet(params, norm, data.num_classes).to(device)
+        clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
         loader = data.loader("train", params.batch_size, augment=params.augment, seed=seed, device=device, drop_last=True)
         table = relative_loss_during_training(
@@ -116,8 +148,10 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
             params.step_sizes,
             chunk_size=params.chunk_size,
             desc=f"fig3: {series} @ lr {lr:g}",
+            clip=clip,
         )
-        frames.append(table.assign(series=series, lr=lr))
+        frames.append(table.assign(series=series, lr=lr, agc_lambda=params.agc_lambda if agc else float("nan")))
     out = pd.concat(frames, ignore_index=True)
-    columns = ["series", "lr", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after", "update_norm"]
+    columns = ["series", "lr", "agc_lambda", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after",
+               "update_norm"]  # fmt: skip
     return {"relative_loss": out[columns]}

@@ -31,10 +31,11 @@ import pandas as pd
 import torch
 
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import channel_moments_along_update
 from nfstudy.runtime import progress, resolve_device
+from ._common import make_resnet
 
 FIGURE = "fig4"
 
@@ -102,8 +103,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     moments, losses = [], []
     for series in progress(params.series, desc="fig4: along one update", unit="net"):
         torch.manual_seed(seed)  # every series starts from the same weights (where shapes agree)
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-        model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+        model = make_resnet(params, series, data.num_classes).to(device)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
         )

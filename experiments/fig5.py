@@ -26,10 +26,11 @@ import pandas as pd
 import torch
 
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
+from ._common import make_resnet
 
 FIGURE = "fig5"
 STATISTICS = ("avg_channel_abs_mean", "avg_channel_std", "avg_channel_var", "avg_channel_sq_mean")
@@ -87,8 +88,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         images, _ = next(batches)
         for series in params.series:
             torch.manual_seed(derived_seed(seed, network))  # every series of a network from the same weights
-            extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-            model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+            model = make_resnet(params, series, data.num_classes).to(device)
             stats = activation_statistics(model, images, list(params.layers))
             frames.append(stats.drop(columns=["network", "forward", "kind"]).assign(series=series, network=network))
             bar.update()

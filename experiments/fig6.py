@@ -31,10 +31,11 @@ import pandas as pd
 import torch
 
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
+from ._common import make_resnet
 
 FIGURE = "fig6"
 
@@ -131,8 +132,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     for network in range(params.networks):
         for series in params.series:
             torch.manual_seed(derived_seed(seed, network))  # every series of a network from the same weights
-            extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-            model = cifar_resnet(params.depth, series, params.init, num_classes=data.num_classes, **extra).to(device)
+            model = make_resnet(params, series, data.num_classes).to(device)
             g = logit_gradients(model, images, labels)
             batch_rows.append(_gradient_rows(g, series=series, network=network))
             summary.append(_summary(g, series=series, network=network, scope="batch"))

@@ -28,10 +28,11 @@ import pandas as pd
 import torch
 
 from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, NFBlock, cifar_resnet
+from nfstudy.models import INITS, NORMS, NFBlock
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
+from ._common import make_resnet
 
 FIGURE = "spp"
 INPUTS = ("gaussian", "images")
@@ -101,8 +102,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     bar = progress(total=len(params.series) * len(batches), desc="spp: signal propagation", unit="pass")
     for series in params.series:
         torch.manual_seed(seed)  # every series from the same conv weights
-        extra = {"skip_gain_init": params.nf_skip_gain_init} if series == "nf" else {}
-        model = cifar_resnet(params.depth, series, params.init, num_classes=num_classes, **extra).to(device)
+        model = make_resnet(params, series, num_classes).to(device)
         for input_kind in params.inputs:
             stats = activation_statistics(model, batches[input_kind], "blocks")
             stats = stats[stats["statistic"].isin(STATISTICS)]

@@ -14,7 +14,7 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["SERIES_COLORS", "SERIES_LABELS", "figure", "series_color", "series_label", "style"]
+__all__ = ["SERIES_COLORS", "SERIES_LABELS", "figure", "series_color", "series_label", "series_linestyle", "style"]
 
 # Series names used in every CSV (the ``series`` column) and how figures show them.
 SERIES_LABELS = {
@@ -32,10 +32,13 @@ SERIES_COLORS = {
     "none": _PALETTE[3],
     "ws": _PALETTE[4],
     "nf": _PALETTE[2],
-    "none+agc": _PALETTE[1],
-    "nf+agc": _PALETTE[8],
-    "bn+agc": _PALETTE[9],
+    # A network trained with adaptive gradient clipping keeps its network's colour and is
+    # drawn dashed (series_linestyle): "the same network, clipped" reads at a glance.
+    "none+agc": _PALETTE[3],
+    "nf+agc": _PALETTE[2],
+    "bn+agc": _PALETTE[0],
 }
+CLIPPED_SUFFIX = "+agc"
 
 
 def series_label(series: str) -> str:
@@ -46,6 +49,11 @@ def series_label(series: str) -> str:
 
 def series_color(series: str):
     return SERIES_COLORS.get(str(series).partition("@")[0], _PALETTE[7])
+
+
+def series_linestyle(series: str) -> str:
+    """Dashed for a network trained with AGC (``"nf+agc"``, ``"none+agc@lr=0.1"``), else solid."""
+    return "--" if str(series).partition("@")[0].endswith(CLIPPED_SUFFIX) else "-"
 
 
 def style() -> None:

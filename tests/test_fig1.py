@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,6 +55,54 @@ def test_claims_are_computed_from_the_outcomes():
     assert [c.metric.split(" ")[0] for c in figures.load("fig1").claims(only)] == ["%"]
 
 
+def test_agc_series_train_with_clipping():
+    # The same network, weights and batches, clipped and not: a threshold of 1e9 never clips and
+    # gives the unclipped run bit for bit; 0.01 changes every step after the first.
+    series = ("nf@0.1", "nf+agc@0.1")
+    loose = tiny_run(series=series, agc_lambda=1e9)
+    tight = tiny_run(series=series, agc_lambda=0.01)
+    assert tight["outcomes"]["series"].tolist() == ["nf@lr=0.1", "nf+agc@lr=0.1"]
+    assert tight["outcomes"]["agc_lambda"].isna().tolist() == [True, False]
+    assert tight["outcomes"]["agc_lambda"].iloc[1] == 0.01 and (tight["history"]["agc_lambda"].dropna() == 0.01).all()
+    plain = loose["history"].query("series == 'nf@lr=0.1'")[["train_loss", "test_loss"]].to_numpy()
+    unclipped = loose["history"].query("series == 'nf+agc@lr=0.1'")[["train_loss", "test_loss"]].to_numpy()
+    clipped = tight["history"].query("series == 'nf+agc@lr=0.1'")[["train_loss", "test_loss"]].to_numpy()
+    assert (plain == unclipped).all()
+    assert (np.abs(clipped - plain) > 1e-4).all()
+    first = tight["outcomes"].set_index("series")["initial_loss"]
+    assert first["nf@lr=0.1"] == first["nf+agc@lr=0.1"]  # the same start: the difference is the clipping
+
+
+def _outcomes(rows):
+    return {
+        "outcomes": pd.DataFrame(
+            [
+                {"seed": 0, "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}", "norm": n, "base_lr": lr,
+                 "agc_lambda": lam or np.nan, "status": "diverged" if acc is None else "completed",
+                 "diverged_pct": 1.0 if acc is None else np.nan, "final_test_accuracy": np.nan if acc is None else acc}
+                for n, lr, lam, acc in rows
+            ]
+        )
+    }  # fmt: skip
+
+
+def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_claims_alone():
+    rows = [("bn", 0.1, None, 0.98), ("bn", 1e-4, None, 0.64), ("none", 1e-4, None, 0.45), ("none", 0.1, None, None),
+            ("nf", 0.1, None, 0.97), ("none", 0.1, 0.08, 0.93), ("nf", 0.1, 0.08, 0.96)]  # fmt: skip
+    found = figures.load("fig1").claims(_outcomes(rows))
+    paper = figures.load("fig1").claims(_outcomes(rows[:5]))
+    assert [c.value for c in found[:4]] == pytest.approx([c.value for c in paper])  # the clipped runs change nothing
+    assert paper[2].passed  # no BN at 0.1 diverged: the clipped no-BN run at 0.1 is not mistaken for it
+    agc = found[4:]
+    assert [c.value for c in agc] == pytest.approx([100.0, 100 * (0.93 - 0.45), 100 * (0.98 - 0.93), 100 * (0.98 - 0.96)])
+    assert [c.passed for c in agc] == [True, True, False, True]
+    assert all(c.claim.startswith("(beyond the papers) With AGC (λ=0.08)") for c in agc)
+    # A clipped no-BN run that diverges fails its claims, counted at chance (10%).
+    diverged = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, None)]))
+    assert diverged[4].value == 1.0 and not diverged[4].passed
+    assert diverged[5].value == pytest.approx(100 * (0.1 - 0.45)) and not diverged[5].passed
+
+
 def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, monkeypatch):
     from experiments import fig1
 
@@ -103,8 +152,12 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
 def test_bad_parameters_name_the_fix():
     from experiments import params_for
 
-    with pytest.raises(ValueError, match="series must be norm@lr, e.g. 'bn@0.1'"):
+    with pytest.raises(ValueError, match="series must be norm@lr or norm\\+agc@lr, e.g. 'bn@0.1'"):
         params_for("fig1", "quick", series=["bn:0.1"])
+    with pytest.raises(ValueError, match="unknown norm in series 'bn\\+clip': choose one of bn, none, ws, nf"):
+        params_for("fig1", "quick", series=["bn+clip@0.1"])
+    with pytest.raises(ValueError, match="agc_lambda \\(the AGC clipping threshold\\) must be > 0"):
+        params_for("fig1", "quick", agc_lambda=0)
     with pytest.raises(ValueError, match="unknown norm in series 'batchnorm': choose one of bn, none, ws, nf"):
         params_for("fig1", "quick", series=["batchnorm@0.1"])
     with pytest.raises(ValueError, match="learning rate of series 'bn@-0.1' must be > 0"):

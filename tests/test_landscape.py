@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nfstudy.clip import GradientClipper
 from nfstudy.models import cifar_resnet
 from nfstudy.probes import (
     ChannelMoments,
@@ -97,6 +98,34 @@ def test_the_full_step_is_exactly_what_optimizer_step_does(sgd):
         assert torch.equal(value, params[name]), name
 
 
+@pytest.mark.parametrize("norm", ["none", "nf"])
+def test_with_clipping_the_direction_is_the_clipped_optimizer_step(norm):
+    clip = GradientClipper("adaptive", 0.01)
+    model, optimizer, x, y = _setup(norm, 0.05, 0)
+    for _ in range(2):  # momentum buffers made of clipped gradients, as in clipped training
+        optimizer.zero_grad()
+        F.cross_entropy(model(x[:8]), y[:8]).backward()
+        clip(model)
+        optimizer.step()
+    F.cross_entropy(model(x), y).backward()  # stale .grad values must survive the probe
+    before = _state(model, optimizer)
+    clipped = UpdateDirection.compute(model, optimizer, x, y, clip=clip)
+    plain = UpdateDirection.compute(model, optimizer, x, y)
+    probe = relative_loss_along_update(model, optimizer, x, y, STEPS, clip=clip)
+    _assert_same_state(before, _state(model, optimizer))
+    predicted = clipped.params_at(0.05)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    clip(model)
+    optimizer.step()
+    for name, value in model.named_parameters():
+        assert torch.equal(predicted[name], value), name
+    # AGC changed the step wherever it clipped, and left the classifier's weight alone.
+    same = {n for n, a, b in zip(plain.names, plain.directions, clipped.directions) if torch.equal(a, b)}
+    assert "fc.weight" in same and len(same) < len(plain.names) / 2
+    assert probe.update_norm == pytest.approx(float(clipped.norm())) and probe.update_norm < float(plain.norm())
+
+
 def test_divergence_is_recorded_not_raised():
     model, optimizer, x, y = _setup("none", 1e-3, 1)
     steps = np.logspace(-5, 12, 18)
@@ -158,16 +187,19 @@ def test_channel_moments_along_the_update_match_a_real_step():
     assert losses["loss"].tolist() == pytest.approx([loss0, loss1], rel=1e-6)
 
 
-def test_probing_during_training_does_not_change_the_training_run():
+@pytest.mark.parametrize("clip", [None, GradientClipper("adaptive", 0.01)], ids=["plain", "agc"])
+def test_probing_during_training_does_not_change_the_training_run(clip):
     model_a, optimizer_a, _, _ = _setup("bn", 0.1, 0)
     model_b, optimizer_b, _, _ = _setup("bn", 0.1, 0)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(5)]
-    table = relative_loss_during_training(model_a, optimizer_a, batches, [1, 3], STEPS)
+    table = relative_loss_during_training(model_a, optimizer_a, batches, [1, 3], STEPS, clip=clip)
     assert table["batch"].tolist() == [1] * len(STEPS) + [3] * len(STEPS)
     for images, labels in batches[:3]:  # the same three updates, without probing
         optimizer_b.zero_grad()
         F.cross_entropy(model_b(images), labels).backward()
+        if clip is not None:
+            clip(model_b)
         optimizer_b.step()
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), name

@@ -1,9 +1,11 @@
 """Figure 1 of Bjorck et al. 2018: accuracy during training, with and without BN, per lr.
 
-Tables: ``history`` (seed, series, norm, base_lr, epoch, step, progress_pct, lr,
-train_loss, train_accuracy, test_loss, test_accuracy; accuracies in [0, 1]) and
+Tables: ``history`` (seed, series, norm, base_lr, agc_lambda, epoch, step, progress_pct,
+lr, train_loss, train_accuracy, test_loss, test_accuracy; accuracies in [0, 1]) and
 ``outcomes`` (one row per seed and series: status, budget, divergence step and %,
-final metrics).
+final metrics). ``agc_lambda`` is the AGC threshold of a series trained with adaptive
+gradient clipping (``norm+agc@lr``), NaN otherwise; tables written before the AGC series
+existed have no such column and count as unclipped.
 """
 
 from __future__ import annotations
@@ -14,17 +16,37 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
 from ..claims import Claim
-from ..plots import figure, series_color, series_label
+from ..plots import figure, series_color, series_label, series_linestyle
 
 __all__ = ["claims", "plot"]
 
 TITLE = "Accuracy during training at several learning rates (Bjorck et al. 2018, Fig. 1)"
 
 
+def _network(series: str) -> str:
+    """``"none+agc@lr=0.1"`` -> ``"none+agc"``: the network and its clipping, without the lr."""
+    return str(series).partition("@")[0]
+
+
+def _clipping(df: pd.DataFrame) -> pd.Series:
+    """The AGC threshold of each row (NaN: not clipped, also for tables without the column)."""
+    return df["agc_lambda"] if "agc_lambda" in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def _label(series: str, agc_lambda: float) -> str:
+    """``"no BN + AGC (λ=0.08), lr=0.1"``: the plots' label with the threshold."""
+    if np.isnan(agc_lambda):
+        return series_label(series)
+    network, _, rest = str(series).partition("@")
+    return f"{series_label(network)} (λ={agc_lambda:g})" + (f", {rest}" if rest else "")
+
+
 def _colors(outcomes: pd.DataFrame) -> dict[str, tuple]:
-    """The norm's colour (BN blue, no BN red, NF green), lighter for smaller lrs."""
+    """The network's colour (BN blue, no BN red, NF green; with AGC the same, dashed),
+    lighter for smaller lrs."""
     colors = {}
-    for norm, group in outcomes.drop_duplicates("series").groupby("norm", sort=False):
+    unique = outcomes.drop_duplicates("series")
+    for _, group in unique.groupby(unique["series"].map(_network), sort=False):
         for rank, (series, _) in enumerate(group.sort_values("base_lr", ascending=False)[["series", "base_lr"]].values):
             t = min(0.6, 0.3 * rank)
             colors[series] = tuple(c + (1 - c) * t for c in to_rgb(series_color(series)))
@@ -62,11 +84,11 @@ def plot(tables: dict[str, pd.DataFrame]):
             h = history[history["series"] == series]
             o = outcomes[outcomes["series"] == series]
             diverged = o[o["status"] == "diverged"]
-            label = series_label(series)
+            label = _label(series, float(_clipping(o).iloc[0]))
             if len(h):
                 stats = _mean_std(h, f"{split}_accuracy")
                 x, m, s = stats["progress_pct"], 100 * stats["mean"], 100 * stats["std"]
-                ax.plot(x, m, color=color, lw=1.6)
+                ax.plot(x, m, color=color, lw=1.6, ls=series_linestyle(series))
                 if n_seeds > 1:
                     ax.fill_between(x, (m - s).clip(0, 100), (m + s).clip(0, 100), color=color, alpha=0.25, lw=0)
             if len(diverged):
@@ -76,7 +98,10 @@ def plot(tables: dict[str, pd.DataFrame]):
                 seeds = "" if len(o) == 1 else f" ({len(diverged)} seeds)" if len(diverged) == len(o) else f" ({len(diverged)} of {len(o)} seeds)"
                 label += f": diverged {at}{seeds}"
             if split == "train":
-                style = dict(marker="x", ls="none", markersize=7, mew=2) if len(diverged) == len(o) else dict(lw=1.6)
+                if len(diverged) == len(o):
+                    style = dict(marker="x", ls="none", markersize=7, mew=2)
+                else:
+                    style = dict(lw=1.6, ls=series_linestyle(series))
                 handles.append(Line2D([], [], color=color, label=label, **style))
         ax.set_xlim(-2, 101)  # room for a divergence at 0%
         ax.set_ylim(0, 100)
@@ -86,13 +111,16 @@ def plot(tables: dict[str, pd.DataFrame]):
     if drops:
         handles.append(Line2D([], [], color="0.6", ls=":", lw=1, label="lr ÷ 10"))
     seeds = f"mean ± std of {n_seeds} seeds" if n_seeds > 1 else f"seed {outcomes['seed'].iloc[0]}"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
+               handlelength=3.2)  # long enough to show a dashed line  # fmt: skip
     fig.suptitle(f"{TITLE}\n{seeds}", fontsize=10)
     return fig
 
 
-def _final(outcomes: pd.DataFrame, norm: str, lr: float) -> pd.Series | None:
-    match = outcomes[(outcomes["norm"] == norm) & np.isclose(outcomes["base_lr"], lr)]
+def _final(outcomes: pd.DataFrame, norm: str, lr: float, clipped: bool = False) -> pd.Series | None:
+    """The outcome of ``norm`` at ``lr``, trained with AGC if ``clipped`` (else without)."""
+    agc = _clipping(outcomes).notna()
+    match = outcomes[(outcomes["norm"] == norm) & np.isclose(outcomes["base_lr"], lr) & (agc if clipped else ~agc)]
     return match.iloc[0] if len(match) else None
 
 
@@ -110,7 +138,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     ~81-82%): "far above" is at least 5 points, half the paper's ~11-point gap;
     "comparable" is within 3 points (the paper's two runs: ~1 point apart).
     """
-    o = tables["outcomes"]
+    everything = tables["outcomes"]
+    o = everything[_clipping(everything).isna()]  # the paper's networks, without clipping
     bn_lrs = sorted(o.loc[o["norm"] == "bn", "base_lr"])
     none_lrs = sorted(o.loc[o["norm"] == "none", "base_lr"])
     matched = sorted(set(bn_lrs) & set(none_lrs))
@@ -160,4 +189,59 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 100.0,
             )
         )
+    return found + _agc_claims(everything)
+
+
+def _agc_claims(everything: pd.DataFrame) -> list[Claim]:
+    """Beyond both papers: does adaptive gradient clipping give a network without BN what BN
+    gives it? For the largest lr of each clipped network (``norm+agc@lr``), measured against
+    the thresholds of the paper's own claims above: it does not diverge (BN does not), it
+    ends at least 5 points above no BN at the smallest lr (what BN at a large lr does), and
+    no more than 3 points below BN at the same lr ("comparable", as BN and no BN at equal lr
+    in the paper). A diverged clipped run counts as chance (10%) in the comparisons."""
+    agc = _clipping(everything)
+    clipped, plain = everything[agc.notna()], everything[agc.isna()]
+    found = []
+    for norm in ("none", "nf"):
+        runs = clipped[clipped["norm"] == norm]
+        if runs.empty:
+            continue
+        lr = float(runs["base_lr"].max())
+        run = _final(everything, norm, lr, clipped=True)
+        lam, name = float(run["agc_lambda"]), "no BN" if norm == "none" else "the NF-ResNet"
+        accuracy = 0.1 if run["status"] == "diverged" else float(run["final_test_accuracy"])
+        if norm == "none":
+            found.append(
+                Claim(
+                    f"(beyond the papers) With AGC (λ={lam:g}) the network without BN trains at lr {lr:g} without diverging",
+                    f"% of training done before no BN + AGC at lr={lr:g} diverged (100: never)",
+                    _completed_pct(run),
+                    ">=",
+                    100.0,
+                )
+            )
+            small = plain.loc[plain["norm"] == "none", "base_lr"].min()
+            if not np.isnan(small) and small < lr:
+                found.append(
+                    Claim(
+                        f"(beyond the papers) With AGC (λ={lam:g}) no BN gains from the large lr ({lr:g}) what BN gains "
+                        f"from it: it ends far above no BN at the small lr ({small:g}) (paper, for BN: ~93% vs ~81-82%)",
+                        f"final test accuracy, no BN + AGC lr={lr:g} minus no BN lr={small:g} (percentage points)",
+                        100 * (accuracy - _final(plain, "none", small)["final_test_accuracy"]),
+                        ">=",
+                        5.0,
+                    )
+                )
+        bn = _final(plain, "bn", lr)
+        if bn is not None:
+            found.append(
+                Claim(
+                    f"(beyond the papers) With AGC (λ={lam:g}) {name} at lr {lr:g} ends comparable to BN at that lr "
+                    "(NFNets: with AGC, networks without BN match batch-normalised ones)",
+                    f"final test accuracy, BN lr={lr:g} minus {name} + AGC lr={lr:g} (percentage points)",
+                    100 * (bn["final_test_accuracy"] - accuracy),
+                    "<=",
+                    3.0,
+                )
+            )
     return found

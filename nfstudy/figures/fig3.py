@@ -1,7 +1,9 @@
 """Figure 3 of Bjorck et al. 2018: the relative loss along the update early in training.
 
 Table ``relative_loss``: one row per (seed, series, probed mini-batch, step size):
-seed, series, lr (the series' training learning rate), batch, step_size,
+seed, series, lr (the series' training learning rate), agc_lambda (the AGC threshold of a
+series trained with adaptive gradient clipping, ``"none+agc"``; NaN otherwise, and absent
+from tables written before those series existed), batch, step_size,
 relative_loss (loss after the tentative step / loss before, same batch), diverged
 (relative loss > 1e3 or not finite), loss_before, loss_after, update_norm (||d||).
 """
@@ -13,7 +15,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..claims import Claim
-from ..plots import figure, series_color, series_label
+from ..plots import figure, series_color, series_label, series_linestyle
 
 __all__ = ["claims", "plot", "step_size_summary"]
 
@@ -80,12 +82,14 @@ def plot(tables: dict[str, pd.DataFrame]):
                 ax.fill_between(steps, low, high, color=color, alpha=0.25, lw=0)
             diverged = ~np.isfinite(median) | (median > DIVERGENCE)
             cut = int(np.argmax(diverged)) + 1 if diverged.any() else len(steps)  # up to the first diverged point
-            ax.plot(steps[:cut], shown[:cut], color=color, lw=1.6, marker="o", ms=2.5)
+            ax.plot(steps[:cut], shown[:cut], color=color, lw=1.6, marker="o", ms=2.5, ls=series_linestyle(s))
             ax.plot(steps[cut - 1 :], shown[cut - 1 :], color=color, lw=1.0, marker="o", ms=2, alpha=0.3)
             off = median >= Y_CEILING
             if off.any():
                 ax.plot(steps[off], np.full(off.sum(), Y_CEILING), "^", color=color, ms=5, mec="black", mew=0.5)
-        axes[row][0].set_ylabel(f"{series_label(s)}, lr={lr:g}\nloss after / loss before")
+        lam = df.loc[df["series"] == s, "agc_lambda"].iloc[0] if "agc_lambda" in df.columns else np.nan
+        clipped = "" if np.isnan(lam) else f"AGC λ={lam:g}; "
+        axes[row][0].set_ylabel(f"{series_label(s)}, lr={lr:g}\n{clipped}loss after / loss before")
     handles = [
         Line2D([], [], color="0.3", lw=0.8, ls="--", label="no change"),
         Line2D([], [], color="0.45", lw=0.8, ls=":", label="divergence (10$^3$)"),
@@ -241,4 +245,29 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 10.0,
             )
         )
+    if "none+agc" in present:
+        lr = float(df.loc[df["series"] == "none+agc", "lr"].iloc[0])
+        lam = float(df.loc[df["series"] == "none+agc", "agc_lambda"].iloc[0])
+        found.append(
+            Claim(
+                f"(beyond the papers) With AGC (λ={lam:g}) the network without BN trains at lr {lr:g}, "
+                "where without clipping it diverges (Fig. 1): it has not diverged by the probed mini-batches",
+                "fraction of the probed mini-batches at which the no-BN + AGC loss before the step is finite",
+                float(everything.loc["none+agc", "trained"].mean()),
+                ">=",
+                1.0,
+            )
+        )
+        if "none" in present:
+            found.append(
+                Claim(
+                    f"(beyond the papers) With AGC (λ={lam:g}) the no-BN network's loss decreases over a far larger "
+                    "range of step sizes than without, as it does with BN (the threshold of the BN claim)",
+                    "largest step size up to which every probed step lowers the loss, no BN + AGC / no BN; "
+                    "smallest ratio over the probed mini-batches",
+                    _lowering_ratio(_series(summary, "none+agc"), _series(summary, "none")),
+                    ">=",
+                    10.0,
+                )
+            )
     return found

@@ -27,6 +27,13 @@ Here, without that waste:
 The parameters, buffers, ``.grad`` and optimizer state are afterwards bit for bit what
 they were (tests/test_landscape.py checks it).
 
+A network trained with gradient clipping (``clip``, the training engine's hook: a
+callable that rescales ``.grad`` in place, e.g. ``nfstudy.clip.GradientClipper``) takes
+the step of the *clipped* gradient: ``d`` is then SGD's update built from ``clip``'s
+output (clipping first, then weight decay and momentum, in the order of a training step
+``loss.backward(); clip(model); optimizer.step()``). Clipping by AGC, value or norm does
+not depend on the learning rate, so one clipped ``d`` serves every step size.
+
 :class:`ChannelMoments` records per-channel means and variances of chosen weight layers'
 outputs (forward hooks, reduced on the device) for Fig. 4: the activations along
 fractions 0..1 of one diverging update.
@@ -38,6 +45,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +64,7 @@ __all__ = [
     "UpdateDirection",
     "channel_moments_along_update",
     "check_step_sizes",
+    "clipped_gradients",
     "default_chunk_size",
     "evaluate_along_update",
     "frozen_batchnorm_statistics",
@@ -69,6 +78,7 @@ __all__ = [
 DIVERGENCE_THRESHOLD = 1e3
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ClipFn = Callable[[nn.Module], Any]  # rescales the model's .grad in place (nfstudy.clip.GradientClipper)
 
 
 # --------------------------------------------------------------------------- checks
@@ -154,6 +164,23 @@ def sgd_update_direction(
     return directions
 
 
+def clipped_gradients(
+    model: nn.Module, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], clip: ClipFn
+) -> list[torch.Tensor | None]:
+    """What ``clip(model)`` makes of the gradients ``grads`` of ``params``, with ``.grad``
+    left as it was: the gradients are lent to ``.grad`` for the call (the clipper sees them
+    exactly as after ``loss.backward()``, head exclusion and all), then taken back."""
+    saved = [p.grad for p in params]
+    try:
+        for p, g in zip(params, grads):
+            p.grad = g
+        clip(model)
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
 @dataclass(frozen=True)
 class UpdateDirection:
     """What one optimizer step on a mini-batch would do: ``theta <- theta - lr * direction``.
@@ -176,8 +203,13 @@ class UpdateDirection:
         labels: torch.Tensor,
         loss_fn: LossFn = F.cross_entropy,
         train: bool = True,
+        clip: ClipFn | None = None,
     ) -> "UpdateDirection":
-        """One forward and one backward pass on ``(images, labels)``; no state changes."""
+        """One forward and one backward pass on ``(images, labels)``; no state changes.
+
+        ``clip``: the training step's gradient clipping (``clip(model)`` between backward and
+        ``optimizer.step()``); the direction is then the one the clipped step takes.
+        """
         names = {p: n for n, p in model.named_parameters(remove_duplicate=False)}
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         missing = [i for i, p in enumerate(params) if p not in names]
@@ -186,6 +218,8 @@ class UpdateDirection:
         with _mode(model, train), frozen_batchnorm_statistics(model), torch.enable_grad():
             loss = loss_fn(model(images), labels)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
+        if clip is not None:
+            grads = clipped_gradients(model, params, grads, clip)
         directions = sgd_update_direction(optimizer, dict(zip(params, grads)))
         moved = [p for p in params if p in directions]
         return cls(
@@ -345,18 +379,20 @@ def relative_loss_along_update(
     train: bool = True,
     chunk_size: int | None = None,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
+    clip: ClipFn | None = None,
 ) -> LandscapeProbe:
     """``L(theta - eta * d) / L(theta)`` on one mini-batch for every ``eta`` in ``step_sizes``.
 
     ``d`` is the direction ``optimizer.step()`` would take (SGD: momentum and weight decay
-    included). One forward and backward pass, then one forward pass per step size
+    included), from the gradient as ``clip`` leaves it when the network trains with gradient
+    clipping. One forward and backward pass, then one forward pass per step size
     (``chunk_size`` of them at a time; default 1 on a CPU, 16 on a GPU). ``train=True``:
     BatchNorm uses the batch's statistics, as the training step does. Model, buffers,
     ``.grad`` and optimizer state are left exactly as they were. A non-finite relative loss
     or one above ``divergence_threshold`` is recorded as diverged, never raised.
     """
     steps = check_step_sizes(step_sizes)
-    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train)
+    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train, clip=clip)
     losses, _ = evaluate_along_update(
         model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size
     )
@@ -382,12 +418,14 @@ def relative_loss_during_training(
     chunk_size: int | None = None,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
     desc: str | None = None,
+    clip: ClipFn | None = None,
 ) -> pd.DataFrame:
     """Train on ``batches`` and probe the relative loss at the batches ``probe_batches``.
 
     Batch ``k`` (0-based) is probed after ``k`` ordinary training steps (forward,
-    backward, ``optimizer.step()``) on batches ``0..k-1``, before its own step, as the
-    public reproduction does; training stops after the last probe. ``batches`` must hold
+    backward, ``clip(model)`` if given, ``optimizer.step()``) on batches ``0..k-1``, before
+    its own step, as the public reproduction does; the probe's direction is that of the
+    clipped step too. Training stops after the last probe. ``batches`` must hold
     them all (``len(batches)`` is checked when it has one). Returns a tidy frame:
     ``batch, step_size, loss_before, loss_after, relative_loss, diverged, update_norm``.
     """
@@ -414,6 +452,7 @@ def relative_loss_during_training(
                 loss_fn=loss_fn,
                 chunk_size=chunk_size,
                 divergence_threshold=divergence_threshold,
+                clip=clip,
             )
             frames.append(probe.to_frame().assign(batch=index))
         if index == wanted[-1]:
@@ -422,6 +461,8 @@ def relative_loss_during_training(
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(images), labels).backward()
+        if clip is not None:
+            clip(model)
         optimizer.step()
         bar.update()
     bar.close()
@@ -446,6 +487,7 @@ def channel_moments_along_update(
     train: bool = True,
     chunk_size: int | None = None,
     divergence_threshold: float = DIVERGENCE_THRESHOLD,
+    clip: ClipFn | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Channel means and variances of weight layers ``layers`` while a fraction ``f`` of
     one optimizer update is applied (``theta - f * lr * d``, ``f = 0``: before, ``1``: the
@@ -453,7 +495,7 @@ def channel_moments_along_update(
 
     Returns two tidy frames: ``fraction, layer, layer_name, channel, mean, variance`` and
     ``fraction, step_size, loss, relative_loss, diverged`` (the loss on the same batch).
-    Like :func:`relative_loss_along_update`, it changes no state.
+    Like :func:`relative_loss_along_update`, it changes no state; ``clip`` as there.
     """
     fractions = check_step_sizes(fractions, allow_zero=True, name="fractions")
     lrs = {float(group["lr"]) for group in optimizer.param_groups}
@@ -461,7 +503,7 @@ def channel_moments_along_update(
         raise ValueError(f"the optimizer's parameter groups have different learning rates {sorted(lrs)}: use one group")
     lr = lrs.pop()
     moments = ChannelMoments(model, layers)  # checks the layers before any work
-    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train)
+    update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train, clip=clip)
     losses, found = evaluate_along_update(
         model, update, images, labels, fractions * lr, loss_fn=loss_fn, train=train, chunk_size=chunk_size, moments=moments
     )
