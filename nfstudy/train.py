@@ -507,14 +507,11 @@ def train(
 # --------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nfstudy.train`` (or ``torchrun --nproc_per_node N -m nfstudy.train``):
-    train one CIFAR ResNet, write ``history.csv`` and ``checkpoint.pt`` into ``--out``,
-    print the outcome as JSON. Running the same command again resumes."""
+def _parser():
     import argparse
 
-    from .data import DATASETS, load_dataset
-    from .models import INITS, NORMS, create_model
+    from .data import DATASETS
+    from .models import INITS, NORMS
 
     parser = argparse.ArgumentParser(prog="python -m nfstudy.train", description=main.__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for history.csv and checkpoint.pt (resumed when present)")
@@ -535,7 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nfstudy.train`` (or ``torchrun --nproc_per_node N -m nfstudy.train``):
+    train one CIFAR ResNet, write ``history.csv`` and ``checkpoint.pt`` into ``--out``,
+    print the outcome as JSON. Running the same command again resumes."""
+    from .data import load_dataset
+    from .models import create_model
+
+    args = _parser().parse_args(argv)
 
     rank, world, device = init_distributed(args.device)
     try:
