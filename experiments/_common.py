@@ -3,7 +3,9 @@ figure's parameters."""
 
 from __future__ import annotations
 
-from nfstudy.models import cifar_resnet
+from nfstudy.data import DATASETS
+from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.params import check_choice, check_positive
 
 # A series "norm+agc" trains (or probes) the network "norm" with adaptive gradient clipping.
 AGC_SUFFIX = "+agc"
@@ -22,3 +24,21 @@ def make_resnet(params, norm: str, num_classes: int):
     gain = getattr(params, "nf_skip_gain_init", None)
     extra = {"skip_gain_init": gain} if norm == "nf" and gain is not None else {}
     return cifar_resnet(params.depth, norm, params.init, num_classes=num_classes, **extra)
+
+
+def check_network_params(params, *, norm_series: bool = True) -> None:
+    """The checks every figure's ``Params`` share, each error naming the valid choices:
+    ``dataset``, ``init``, ``depth`` and, where the figure has them, ``batch_size``,
+    ``networks`` and ``image_size`` (32 with CIFAR-10); with ``norm_series`` every entry of
+    ``series`` must be a norm."""
+    check_choice("dataset", params.dataset, DATASETS)
+    check_choice("init", params.init, INITS)
+    check_positive("depth", params.depth, integer=True)
+    for name in ("batch_size", "networks", "image_size"):
+        if hasattr(params, name):
+            check_positive(name, getattr(params, name), integer=True)
+    if params.dataset == "cifar10" and getattr(params, "image_size", 32) != 32:
+        raise ValueError(f"CIFAR-10 images are 32x32: image_size must be 32 with dataset cifar10, got {params.image_size}")
+    if norm_series:
+        for s in params.series:
+            check_choice("series", s, NORMS)

@@ -42,12 +42,13 @@ import pandas as pd
 import torch
 
 from nfstudy.clip import GradientClipper
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
+from nfstudy.data import load_dataset
+from nfstudy.models import NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
-from ._common import make_resnet, split_agc
+
+from ._common import check_network_params, make_resnet, split_agc
 
 FIGURE = "agc"
 # Brock et al. 2021, Fig. 2(b): the clipping thresholds of the ablation.
@@ -90,11 +91,7 @@ class Params:
     checkpoint_every: int = 5  # epochs
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        check_positive("image_size", self.image_size, integer=True)
-        if self.dataset == "cifar10" and self.image_size != 32:
-            raise ValueError(f"CIFAR-10 images are 32x32: image_size must be 32 with dataset cifar10, got {self.image_size}")
+        check_network_params(self, norm_series=False)
         if not self.batch_sizes:
             raise ValueError("batch_sizes is empty: give at least two, e.g. [256, 1024, 4096]")
         for b in self.batch_sizes:

@@ -41,13 +41,13 @@ import pandas as pd
 import torch
 
 from nfstudy.clip import GradientClipper
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
+from nfstudy.data import load_dataset
+from nfstudy.models import NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
 
-from ._common import AGC_SUFFIX, make_resnet, split_agc
+from ._common import AGC_SUFFIX, check_network_params, make_resnet, split_agc
 
 FIGURE = "fig1"
 PAPER_SERIES = ("bn@0.1", "bn@0.003", "bn@0.0001", "none@0.0001", "nf@0.1", "none@0.1")
@@ -94,11 +94,7 @@ class Params:
     checkpoint_every: int = 5  # epochs
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        check_positive("image_size", self.image_size, integer=True)
-        if self.dataset == "cifar10" and self.image_size != 32:
-            raise ValueError(f"CIFAR-10 images are 32x32: image_size must be 32 with dataset cifar10, got {self.image_size}")
+        check_network_params(self, norm_series=False)
         if not self.series:
             raise ValueError(f"series is empty: give norm@lr strings, e.g. {', '.join(PAPER_SERIES + AGC_SERIES)}")
         names = [series_name(*parse_series(s)) for s in self.series]

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, get_layer
-from nfstudy.params import check_choice, check_positive
+from nfstudy.data import load_dataset
+from nfstudy.models import get_layer
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
-from ._common import make_resnet
+
+from ._common import check_network_params, make_resnet
 
 FIGURE = "fig2"
 
@@ -42,12 +42,7 @@ class Params:
     nf_skip_gain_init: float = 1.0  # see the module docstring
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        for s in self.series:
-            check_choice("series", s, NORMS)
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("depth", self.depth, integer=True)
+        check_network_params(self)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or not 1 <= self.layer <= self.depth:
             raise ValueError(f"layer must be a weight layer 1..{self.depth} of a ResNet-{self.depth}, got {self.layer!r}")
 

@@ -39,12 +39,13 @@ import pandas as pd
 import torch
 
 from nfstudy.clip import GradientClipper
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
+from nfstudy.data import load_dataset
+from nfstudy.models import NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
-from ._common import AGC_SUFFIX, make_resnet, split_agc
+
+from ._common import AGC_SUFFIX, check_network_params, make_resnet, split_agc
 
 FIGURE = "fig3"
 
@@ -75,8 +76,7 @@ class Params:
     chunk_size: int | None = None  # step sizes per forward pass (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
+        check_network_params(self, norm_series=False)
         for s in self.series:
             parse_series(s)
         if len(set(self.series)) < len(self.series):

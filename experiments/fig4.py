@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
-from nfstudy.params import check_choice, check_positive
+from nfstudy.data import load_dataset
+from nfstudy.params import check_positive
 from nfstudy.probes import channel_moments_along_update
 from nfstudy.runtime import progress, resolve_device
-from ._common import make_resnet
+
+from ._common import check_network_params, make_resnet
 
 FIGURE = "fig4"
 
@@ -58,11 +58,7 @@ class Params:
     chunk_size: int | None = None  # fractions per forward pass (None: 1 on CPU, 16 on GPU)
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        for s in self.series:
-            check_choice("series", s, NORMS)
-        check_positive("depth", self.depth, integer=True)
+        check_network_params(self)
         for layer in self.layers:
             if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.depth:
                 raise ValueError(

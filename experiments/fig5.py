@@ -25,12 +25,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
-from nfstudy.params import check_choice, check_positive
+from nfstudy.data import load_dataset
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
-from ._common import make_resnet
+
+from ._common import check_network_params, make_resnet
 
 FIGURE = "fig5"
 STATISTICS = ("avg_channel_abs_mean", "avg_channel_std", "avg_channel_var", "avg_channel_sq_mean")
@@ -49,13 +48,7 @@ class Params:
     nf_skip_gain_init: float = 1.0  # see the module docstring
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        for s in self.series:
-            check_choice("series", s, NORMS)
-        check_positive("networks", self.networks, integer=True)
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("depth", self.depth, integer=True)
+        check_network_params(self)
         if len(self.layers) < 2:
             raise ValueError(f"layers needs at least two depths to compare, got {self.layers!r}")
         bad = [d for d in self.layers if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= self.depth]

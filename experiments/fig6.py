@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS
-from nfstudy.params import check_choice, check_positive
+from nfstudy.data import load_dataset
+from nfstudy.params import check_choice
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
-from ._common import make_resnet
+
+from ._common import check_network_params, make_resnet
 
 FIGURE = "fig6"
 
@@ -54,14 +54,8 @@ class Params:
     nf_skip_gain_init: float = 1.0  # see the module docstring
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
+        check_network_params(self)
         check_choice("epoch_split", self.epoch_split, ("train", "test"))
-        check_choice("init", self.init, INITS)
-        for s in self.series:
-            check_choice("series", s, NORMS)
-        check_positive("networks", self.networks, integer=True)
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("depth", self.depth, integer=True)
 
 
 PROFILES = {

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, load_dataset
-from nfstudy.models import INITS, NORMS, NFBlock
-from nfstudy.params import check_choice, check_positive
+from nfstudy.data import load_dataset
+from nfstudy.models import NFBlock
+from nfstudy.params import check_choice
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
-from ._common import make_resnet
+
+from ._common import check_network_params, make_resnet
 
 FIGURE = "spp"
 INPUTS = ("gaussian", "images")
@@ -50,14 +51,9 @@ class Params:
     nf_skip_gain_init: float = 1.0  # see the module docstring
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, INITS)
-        for s in self.series:
-            check_choice("series", s, NORMS)
+        check_network_params(self)
         for i in self.inputs:
             check_choice("input", i, INPUTS)
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("depth", self.depth, integer=True)
 
 
 PROFILES = {
