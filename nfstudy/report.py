@@ -113,9 +113,9 @@ def _claims_markdown(claims: pd.DataFrame) -> list[str]:
     for row in claims.itertuples(index=False):
         spread = f" ± {_fmt(row.value_std)}" if row.n_seeds > 1 and not pd.isna(row.value_std) else ""
         verdict = "✅ yes" if row.passed else "❌ no"
-        claim = str(row.claim).replace("|", "\\|")
+        claim, metric = (str(text).replace("|", "\\|") for text in (row.claim, row.metric))  # | ends a cell
         lines.append(
-            f"| {claim}<br><sub>{row.metric}</sub> | {_fmt(row.value)}{spread} | {row.comparison} {_fmt(row.threshold)} "
+            f"| {claim}<br><sub>{metric}</sub> | {_fmt(row.value)}{spread} | {row.comparison} {_fmt(row.threshold)} "
             f"| {verdict} | {row.n_passed}/{row.n_seeds} |"
         )
     return lines

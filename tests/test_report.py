@@ -53,3 +53,18 @@ def test_report_from_copied_files_with_broken_runs_skipped(tmp_path):
     assert "**seeds** 0, 1" in page and "digits" in page and "torch" in page
     claims = (copied / "fig2" / "quick" / "claims.csv").read_text()
     assert "n_seeds" in claims
+
+
+def test_a_pipe_in_a_claim_or_metric_does_not_split_the_table_row():
+    import pandas as pd
+
+    from nfstudy.report import _claims_markdown
+
+    claims = pd.DataFrame(
+        [{"claim": "a | b", "metric": "|x - y|", "value": 1.0, "value_std": 0.5, "comparison": "<=",
+          "threshold": 3.0, "passed": True, "n_seeds": 2, "n_passed": 2}]
+    )  # fmt: skip
+    row = _claims_markdown(claims)[2]
+    unescaped = row.replace("\\|", "")
+    assert unescaped.count("|") == 6, row  # the five cells' borders only
+    assert "\\|x - y\\|" in row
