@@ -20,7 +20,9 @@ What it does, and the choices made:
   milestones (fractions of the budget) already reached; a milestone fraction f drops the
   rate from epoch ``floor(f * epochs)`` on (0-based; 165 epochs give 82 and 123, as the
   public reproduction's ``MultiStepLR``). The rate is set per epoch from the epoch alone,
-  so resuming needs no scheduler state.
+  so resuming needs no scheduler state. ``warmup_epochs`` (large-batch training, Goyal et
+  al. 2017) ramps it linearly per step, ``lr · (t + 1) / T`` for the first T steps, also a
+  function of the step alone.
 * **Plateau rule** (``extend_until_plateau``): at the first milestone, before the rate
   drops, if the train loss still improved by more than ``plateau_tol`` (relative) over
   the last ``plateau_window`` epochs, the budget doubles (at most ``max_extensions``
@@ -117,6 +119,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the budget where the lr drops
     lr_decay: float = 0.1  # the factor at each milestone
+    warmup_epochs: float = 0.0  # the lr rises linearly, step by step, from lr/steps to lr over these epochs
     augment: bool = True  # pad-and-crop (pad = image size / 8: 4 px at 32) + horizontal flip
     drop_last: bool = False
     extend_until_plateau: bool = False  # the paper's budget-doubling rule (module docstring)
@@ -149,6 +152,13 @@ class TrainConfig:
                 )
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ValueError(f"milestones must increase, got {self.milestones!r}")
+        check_positive("warmup_epochs", self.warmup_epochs, allow_zero=True)
+        end = milestone_epochs(self.epochs, self.milestones)[0] if self.milestones else self.epochs
+        if self.warmup_epochs > end:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs!r} runs past the first lr drop (epoch {end} of {self.epochs}): "
+                f"warm up for at most {end} epochs"
+            )
         for name in ("plateau_window", "checkpoint_every", "sync_every", "eval_batch_size"):
             check_positive(name, getattr(self, name), integer=True)
         check_positive("max_extensions", self.max_extensions, integer=True, allow_zero=True)
@@ -285,8 +295,12 @@ def _sha256(tensors) -> str:
 
 def describe(model: nn.Module, data: ImageDataset, config: TrainConfig, seed: int, world_size: int) -> dict[str, Any]:
     """What the checkpoint fingerprint covers, readable (for the mismatch message)."""
+    # No warmup is left out, so checkpoints written before warmup existed still resume.
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in PERFORMANCE_FIELDS}
+    if not config.warmup_epochs:
+        fields.pop("warmup_epochs")
     return {
-        **{k: v for k, v in dataclasses.asdict(config).items() if k not in PERFORMANCE_FIELDS},
+        **fields,
         "seed": seed,
         "world_size": world_size,
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -423,6 +437,7 @@ def train(
     step_correct = torch.zeros(steps, device=device)
     bar = progress(total=s["budget"] * steps, initial=s["epoch"] * steps, desc=desc, unit="step", **({"disable": True} if rank else {}))  # fmt: skip
     trained_images, trained_seconds = 0.0, 0.0
+    warmup_steps = round(config.warmup_epochs * steps)
 
     while s["status"] == "running" and s["epoch"] < s["budget"]:
         first_drop = milestone_epochs(s["budget"], config.milestones)[0] if config.milestones else None
@@ -437,6 +452,10 @@ def train(
         net.train()
         synced, tick = 0, time.perf_counter()
         for b, (x, y) in enumerate(train_loader.epoch_batches(s["epoch"])):
+            if warmup_steps and s["epoch"] * steps + b <= warmup_steps:  # linear warmup, then the schedule's rate
+                step_lr = lr * min(1.0, (s["epoch"] * steps + b + 1) / warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = step_lr
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                 logits = net(x)
             loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -460,7 +479,7 @@ def train(
                 seconds, images = time.perf_counter() - tick, float(sum(batch_sizes[window]))
                 trained_seconds, trained_images = trained_seconds + seconds, trained_images + images
                 bar.update(b + 1 - synced)
-                bar.set_postfix(epoch=s["epoch"] + 1, lr=f"{lr:.2g}", loss=f"{sum(losses) / len(losses):.3g}",
+                bar.set_postfix(epoch=s["epoch"] + 1, lr=f"{optimizer.param_groups[0]['lr']:.2g}", loss=f"{sum(losses) / len(losses):.3g}",
                                 acc=f"{float(step_correct[window].sum()) / images:.3f}", img_s=f"{images / seconds:.0f}")  # fmt: skip
                 synced, tick = b + 1, time.perf_counter()
                 if s["status"] == "diverged":
@@ -470,7 +489,7 @@ def train(
         test_loss, test_accuracy = evaluate(net, test_loader, amp, world)
         s["epoch"] += 1
         s["step"] = s["epoch"] * steps
-        row = dict(epoch=s["epoch"], step=s["step"], lr=lr, train_loss=float(step_loss.sum()) / n,
+        row = dict(epoch=s["epoch"], step=s["step"], lr=optimizer.param_groups[0]["lr"], train_loss=float(step_loss.sum()) / n,
                    train_accuracy=float(step_correct.sum()) / n, test_loss=test_loss, test_accuracy=test_accuracy)  # fmt: skip
         s["history"].append(row)
         if writer:

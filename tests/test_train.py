@@ -7,10 +7,12 @@ import re
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from nfstudy.models import cifar_resnet
 from nfstudy.train import (
@@ -264,3 +266,40 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert a["train_loss"].iloc[-1] < 0.9 * summary[0]["initial_loss"]  # it trained: a comparison of moving weights
     assert summary[0]["initial_loss"] == pytest.approx(summary[1]["initial_loss"], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint.pt", "history.csv"]
+
+
+def test_warmup_ramps_the_rate_per_step_then_follows_the_schedule(tiny, tmp_path):
+    cfg = config(warmup_epochs=1.5, checkpoint_every=1)  # 6 steps an epoch: 9 warmup steps
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"])
+    )
+    try:
+        whole = train(resnet8(), tiny, cfg, device="cpu", out_dir=tmp_path / "whole")
+    finally:
+        handle.remove()
+    expected = [0.05 * t / 9 for t in range(1, 10)] + [0.05] * 3 + [0.005] * 6 + [0.0005] * 6
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert whole.history["lr"].tolist() == pytest.approx([0.05 * 6 / 9, 0.05, 0.005, 0.0005], rel=1e-12)
+
+    def stop_after_1(row):  # inside the warmup: resuming must pick the ramp up where it was
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(resnet8(), tiny, cfg, device="cpu", out_dir=tmp_path / "cut", on_epoch=stop_after_1)
+    resumed = train(resnet8(), tiny, cfg, device="cpu", out_dir=tmp_path / "cut")
+    pd.testing.assert_frame_equal(resumed.history, whole.history, check_exact=True)
+
+
+def test_warmup_past_the_first_drop_is_refused_and_no_warmup_keeps_old_checkpoints():
+    with pytest.raises(ValueError, match="past the first lr drop"):
+        config(epochs=4, warmup_epochs=3)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        config(warmup_epochs=-1)
+    from nfstudy.train import describe
+
+    data = SimpleNamespace(name="x", train_labels=torch.zeros(1), test_labels=torch.zeros(1), train_images=torch.zeros(1, 3, 8, 8),
+                           test_images=torch.zeros(1, 3, 8, 8))  # fmt: skip
+    assert "warmup_epochs" not in describe(resnet8(), data, config(), 0, 1)
+    assert describe(resnet8(), data, config(warmup_epochs=1), 0, 1)["warmup_epochs"] == 1
