@@ -543,6 +543,7 @@ def _parser():
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=128, help="global: split across ranks")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup, per step")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--extend-until-plateau", action="store_true")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
@@ -567,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_dataset(args.dataset, **({"image_size": args.image_size} if args.image_size else {}))
         config = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
             augment=not args.no_augment, extend_until_plateau=args.extend_until_plateau, precision=args.precision,
             sync_batchnorm=args.sync_batchnorm, compile=args.compile, checkpoint_every=args.checkpoint_every,
         )  # fmt: skip
