@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -78,6 +79,24 @@ def _overrides(args) -> dict[str, Any]:
     return found
 
 
+def _local_kernel_manager(socket_dir: str):
+    """A kernel manager whose kernel talks over Unix sockets in ``socket_dir``: the kernel
+    is on this machine anyway, so no TCP ports are opened (and ipykernel does not warn of
+    unencrypted TCP on every run). None (papermill's default, TCP) where there are no Unix
+    sockets."""
+    if os.name != "posix":
+        return None
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = os.path.join(socket_dir, "kernel")  # socket files: kernel-<n>
+
+    return LocalKernelManager
+
+
 def run_figure(
     figure: str,
     profile: str = "paper",
@@ -115,6 +134,8 @@ def run_figure(
     started = time.time()
     os.environ.setdefault("NFSTUDY_COMMAND", " ".join(["python -m nfstudy", *sys.argv[1:]]))
     backend = os.environ.pop("MPLBACKEND", None)  # the kernel draws with its inline backend
+    sockets = tempfile.TemporaryDirectory(prefix="nfstudy-kernel-")
+    manager = _local_kernel_manager(sockets.name)
     try:
         pm.execute_notebook(
             str(_root() / "notebooks" / f"{figure}.ipynb"),
@@ -126,6 +147,7 @@ def run_figure(
             log_output=False,
             stdout_file=sys.stdout if log_output else None,
             stderr_file=sys.stderr if log_output else None,
+            **({"kernel_manager_class": manager} if manager else {}),
         )
     except KeyboardInterrupt:
         runs.mark_run(folder, "interrupted", "KeyboardInterrupt")
@@ -140,6 +162,7 @@ def run_figure(
         _mark_if_running(folder, "failed", f"{type(error).__name__}: {error}")
         raise
     finally:
+        sockets.cleanup()
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
         if partial.exists():
