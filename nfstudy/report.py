@@ -124,7 +124,9 @@ def _claims_markdown(claims: pd.DataFrame) -> list[str]:
 def _facts_markdown(result: ProfileResult) -> list[str]:
     metas = [runs.read_run(p) for p in result.completed]
     seeds = ", ".join(str(m["seed"]) for m in metas)
-    durations = [m.get("duration_s") or 0.0 for m in metas]
+    # A resumed run's earlier attempts (interrupted, then resumed from checkpoints) count too.
+    durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", []))
+                 for m in metas]  # fmt: skip
     commits = sorted({(m.get("git") or {}).get("commit") or "unknown" for m in metas})
     dirty = any((m.get("git") or {}).get("dirty") for m in metas)
     versions = metas[-1].get("versions", {})

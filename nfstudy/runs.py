@@ -184,6 +184,20 @@ def mark_run(folder: str | os.PathLike, status: str, error: str | None = None) -
     atomic_write_json(meta, Path(folder) / "run.json")
 
 
+def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
+    """The attempts recorded in an unfinished ``run.json`` (interrupted, failed, or still
+    marked running after a kill), so that a resumed run keeps what came before it; nothing
+    after a completed run, which a new run replaces."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict) or old.get("status") == "completed":
+        return []
+    attempt = {k: old.get(k) for k in ("started", "finished", "status", "error", "duration_s", "pid")}
+    return [*old.get("earlier_attempts", []), attempt]
+
+
 class Run:
     """One (figure, profile, seed) run: its folder, ``run.json`` and atomic writers.
 
@@ -211,6 +225,7 @@ class Run:
     ) -> "Run":
         folder = Path(folder) if folder else run_dir(figure, profile, seed, root)
         folder.mkdir(parents=True, exist_ok=True)
+        earlier = _earlier_attempts(folder / "run.json")
         now = _dt.datetime.now()
         meta = {
             "figure": figure,
@@ -230,6 +245,8 @@ class Run:
             "git": _git(),
             "versions": _versions(),
         }
+        if earlier:  # an interrupted or failed run of the same folder, resumed from its checkpoints
+            meta["earlier_attempts"] = earlier
         run = cls(folder, meta)
         run._write_meta()
         return run

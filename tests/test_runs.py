@@ -57,6 +57,22 @@ def test_interrupted_or_failed_runs_say_so_and_are_skipped(results_root, error, 
     assert table["x"].tolist() == [1]
 
 
+def test_a_resumed_run_keeps_its_earlier_attempts_and_a_new_one_after_completion_does_not(results_root):
+    with pytest.raises(KeyboardInterrupt):
+        with runs.Run.start("figx", "quick", 0):
+            raise KeyboardInterrupt
+    first = runs.read_run(results_root / "figx" / "quick" / "seed=0")
+    with runs.Run.start("figx", "quick", 0) as again:
+        pass
+    meta = runs.read_run(again.dir)
+    assert meta["status"] == "completed"
+    assert [a["status"] for a in meta["earlier_attempts"]] == ["interrupted"]
+    assert meta["earlier_attempts"][0]["duration_s"] == first["duration_s"]
+    with runs.Run.start("figx", "quick", 0) as third:  # after a completed run: a new run, no history
+        pass
+    assert "earlier_attempts" not in runs.read_run(third.dir)
+
+
 def test_load_table_concatenates_seeds_in_order(results_root):
     for seed in (10, 2, 1):
         with runs.Run.start("figx", "quick", seed) as run:
