@@ -184,6 +184,15 @@ def mark_run(folder: str | os.PathLike, status: str, error: str | None = None) -
     atomic_write_json(meta, Path(folder) / "run.json")
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
+
+
 def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
     """The attempts recorded in an unfinished ``run.json`` (interrupted, failed, or still
     marked running after a kill), so that a resumed run keeps what came before it; nothing
@@ -239,6 +248,7 @@ class Run:
             "started_unix": now.timestamp(),
             "finished": None,
             "duration_s": None,
+            "torch_threads": _torch_threads(),  # CPU results depend on it (summation order)
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "command": os.environ.get("NFSTUDY_COMMAND") or " ".join(sys.argv),

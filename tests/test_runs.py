@@ -3,6 +3,7 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 
 from nfstudy import runs
 from nfstudy.claims import Claim, across_seeds, claims_table
@@ -41,6 +42,7 @@ def test_run_json_tracks_status(results_root):
     assert meta["status"] == "completed" and meta["duration_s"] >= 0
     assert meta["params"] == {"depth": 20} and meta["dataset"] == "digits" and meta["device"].startswith("cpu")
     assert meta["versions"]["torch"] and "commit" in meta["git"]
+    assert meta["torch_threads"] == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("error, status", [(KeyboardInterrupt, "interrupted"), (ValueError, "failed")])
