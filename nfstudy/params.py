@@ -15,7 +15,11 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["check_choice", "check_positive", "resolve", "to_dict"]
+__all__ = ["AGC_SUFFIX", "check_choice", "check_positive", "resolve", "to_dict"]
+
+# The series naming every figure shares: "norm+agc" is the network "norm" trained with
+# adaptive gradient clipping (the experiments parse it, the plots draw it dashed).
+AGC_SUFFIX = "+agc"
 
 P = TypeVar("P")
 

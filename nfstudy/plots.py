@@ -14,6 +14,8 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .params import AGC_SUFFIX  # noqa: E402
+
 __all__ = ["SERIES_COLORS", "SERIES_LABELS", "figure", "series_color", "series_label", "series_linestyle", "style"]
 
 # Series names used in every CSV (the ``series`` column) and how figures show them.
@@ -38,7 +40,6 @@ SERIES_COLORS = {
     "nf+agc": _PALETTE[2],
     "bn+agc": _PALETTE[0],
 }
-CLIPPED_SUFFIX = "+agc"
 
 
 def series_label(series: str) -> str:
@@ -53,7 +54,7 @@ def series_color(series: str):
 
 def series_linestyle(series: str) -> str:
     """Dashed for a network trained with AGC (``"nf+agc"``, ``"none+agc@lr=0.1"``), else solid."""
-    return "--" if str(series).partition("@")[0].endswith(CLIPPED_SUFFIX) else "-"
+    return "--" if str(series).partition("@")[0].endswith(AGC_SUFFIX) else "-"
 
 
 def style() -> None:

@@ -19,12 +19,12 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..claims import Claim
+from ..params import AGC_SUFFIX
 from ..plots import figure, series_color, series_label, series_linestyle
 
 __all__ = ["best_lambda", "claims", "panel_a", "plot", "test_accuracy"]
 
 TITLE = "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)"
-AGC_SUFFIX = "+agc"
 
 
 def test_accuracy(summary: pd.DataFrame) -> pd.Series:
