@@ -3,12 +3,11 @@ figure's parameters."""
 
 from __future__ import annotations
 
+import pandas as pd
+
 from nfstudy.data import DATASETS
 from nfstudy.models import INITS, NORMS, cifar_resnet
-from nfstudy.params import check_choice, check_positive
-
-# A series "norm+agc" trains (or probes) the network "norm" with adaptive gradient clipping.
-AGC_SUFFIX = "+agc"
+from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
 
 
 def split_agc(spec: str) -> tuple[str, bool]:
@@ -42,3 +41,11 @@ def check_network_params(params, *, norm_series: bool = True) -> None:
     if norm_series:
         for s in params.series:
             check_choice("series", s, NORMS)
+
+
+def history_table(runs: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
+    """One tidy history of several training runs: each run's ``keys`` (series, lr, ...) as
+    leading columns of its per-epoch ``history``. A run that diverged in its first epoch
+    has no rows; if none has any, the columns are still there."""
+    frames = [pd.DataFrame(keys, index=history.index).join(history) for keys, history in runs]
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)

@@ -49,7 +49,7 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
 
-from ._common import check_network_params, make_resnet, split_agc
+from ._common import check_network_params, history_table, make_resnet, split_agc
 
 FIGURE = "agc"
 # Brock et al. 2021, Fig. 2(b): the clipping thresholds of the ablation.
@@ -188,7 +188,7 @@ def run(
         desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
         result = train(model, data, config, seed=seed, device=device, clip=clip, out_dir=out_dir, desc=desc)
         keys = {"series": series, "norm": norm, "agc_lambda": lam, "batch_size": batch_size, "base_lr": config.lr}
-        histories.append(pd.DataFrame(keys, index=result.history.index).join(result.history))
+        histories.append((keys, result.history))
         summary = result.summary()
         summaries.append(
             {
@@ -204,5 +204,5 @@ def run(
                 "chance_accuracy": 1.0 / data.num_classes,
             }
         )
-    history = pd.concat([h for h in histories if len(h)] or histories[:1], ignore_index=True)
+    history = history_table(histories)
     return {"history": history, "summary": pd.DataFrame(summaries)}

@@ -47,7 +47,7 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import TrainConfig, train
 
-from ._common import AGC_SUFFIX, check_network_params, make_resnet, split_agc
+from ._common import AGC_SUFFIX, check_network_params, history_table, make_resnet, split_agc
 
 FIGURE = "fig1"
 PAPER_SERIES = ("bn@0.1", "bn@0.003", "bn@0.0001", "none@0.0001", "nf@0.1", "none@0.1")
@@ -156,7 +156,7 @@ def run(
         result = train(model, data, params.train_config(lr), seed=seed, device=device, clip=clip, out_dir=out_dir,
                        desc=f"fig1 {name}")  # fmt: skip
         keys = {"series": name, "norm": norm, "base_lr": lr, "agc_lambda": params.agc_lambda if agc else float("nan")}
-        histories.append(pd.DataFrame({**keys}, index=result.history.index).join(result.history))
+        histories.append((keys, result.history))
         outcomes.append({**keys, **result.summary()})
-    history = pd.concat([h for h in histories if len(h)] or histories[:1], ignore_index=True)
+    history = history_table(histories)
     return {"history": history, "outcomes": pd.DataFrame(outcomes)}
