@@ -191,7 +191,7 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
     image, summary = aggregate_files(figure, profile, results_root)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
-        print(summary[["claim", "value", "comparison", "threshold", "passed", "n_seeds", "n_passed"]].to_string(index=False))
+        print(summary[["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]].to_string(index=False))
     print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
     return summary
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, runs
-from .claims import across_seeds
+from .claims import SEED_RULE, across_seeds, score
 
 __all__ = ["FIGURE_ORDER", "FIGURE_TITLES", "aggregate", "build_report"]
 
@@ -108,15 +108,30 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+_VERDICT = {"passed": "✅ yes", "failed": "❌ no", "not evaluable": "➖ not evaluable"}
+_KIND = {"paper": "", "extension": "(beyond the paper) ", "sanity": "(sanity check, not counted) "}
+
+
+def _bound(row) -> str:
+    if row.comparison == "between":
+        return f"{_fmt(row.threshold)} .. {_fmt(row.threshold_high)}"
+    return f"{row.comparison} {_fmt(row.threshold)}"
+
+
 def _claims_markdown(claims: pd.DataFrame) -> list[str]:
-    lines = ["| claim | measured | threshold | passed | seeds |", "|---|---|---|---|---|"]
+    lines = [
+        f"A claim holds over seeds when it held in at least {SEED_RULE:.0%} of the seeds that could decide it.",
+        "",
+        "| claim | measured | threshold | outcome | seeds passed / evaluable / run |",
+        "|---|---|---|---|---|",
+    ]
     for row in claims.itertuples(index=False):
-        spread = f" ± {_fmt(row.value_std)}" if row.n_seeds > 1 and not pd.isna(row.value_std) else ""
-        verdict = "✅ yes" if row.passed else "❌ no"
-        claim, metric = (str(text).replace("|", "\\|") for text in (row.claim, row.metric))  # | ends a cell
+        spread = f" ± {_fmt(row.value_std)}" if row.n_evaluable > 1 and not pd.isna(row.value_std) else ""
+        claim, metric, note = (str(text).replace("|", "\\|") for text in (row.claim, row.metric, row.note))  # | ends a cell
+        note = f"<br><sub>{note}</sub>" if note else ""
         lines.append(
-            f"| {claim}<br><sub>{metric}</sub> | {_fmt(row.value)}{spread} | {row.comparison} {_fmt(row.threshold)} "
-            f"| {verdict} | {row.n_passed}/{row.n_seeds} |"
+            f"| {_KIND.get(row.kind, '')}{claim}<br><sub>{metric}</sub> | {_fmt(row.value)}{spread} | {_bound(row)} "
+            f"| {_VERDICT[row.outcome]}{note} | {row.n_passed}/{row.n_evaluable}/{row.n_seeds} |"
         )
     return lines
 
@@ -193,7 +208,7 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
                 result.error = f"{type(error).__name__}: {error}"
                 warnings.warn(f"{figure} ({result.profile}): could not redraw from its files: {result.error}", stacklevel=2)
             else:
-                passed = f"{int(result.claims['passed'].sum())}/{len(result.claims)}"
+                passed = "{}/{}".format(*score(result.claims))
                 overview.append(f"| [{figure}](#{_anchor(heading)}) | {result.profile} | {len(result.completed)} | {passed} |")
             sections += _section(result, root)
     lines = [
@@ -204,7 +219,7 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
         "",
     ]
     if overview:
-        lines += ["| figure | profile | seeds | claims passed |", "|---|---|---|---|", *overview, ""]
+        lines += ["| figure | profile | seeds | paper claims passed / evaluable |", "|---|---|---|---|", *overview, ""]
     lines += sections
     if missing:
         lines += ["## Not yet run", ""]

@@ -47,7 +47,7 @@ def test_report_from_copied_files_with_broken_runs_skipped(tmp_path):
     assert "seed=7" in warned and "seed=8" in warned and "seed=9" in warned
     assert "![fig2 (quick)](fig2/quick/fig2.png)" in page and (copied / "fig2" / "quick" / "fig2.png").stat().st_size > 10_000
     assert "| fig2 | quick | 2 |" in page.replace("[fig2](#fig2-gradients-of-a-conv-kernel-at-initialisation-bjorck-et-al-2018-fig-2)", "fig2")
-    assert "2/2 |" in page  # claims over both completed seeds
+    assert "2/2/2 |" in page  # claims over both completed seeds
     assert "`fig2/quick/seed=7`: status 'failed': OOM" in page
     assert "`fig2/quick/seed=8`: no readable run.json" in page
     assert "**seeds** 0, 1" in page and "digits" in page and "torch" in page
@@ -61,10 +61,11 @@ def test_a_pipe_in_a_claim_or_metric_does_not_split_the_table_row():
     from nfstudy.report import _claims_markdown
 
     claims = pd.DataFrame(
-        [{"claim": "a | b", "metric": "|x - y|", "value": 1.0, "value_std": 0.5, "comparison": "<=",
-          "threshold": 3.0, "passed": True, "n_seeds": 2, "n_passed": 2}]
+        [{"claim": "a | b", "kind": "paper", "metric": "|x - y|", "value": 1.0, "value_std": 0.5, "comparison": "<=",
+          "threshold": 3.0, "threshold_high": float("nan"), "outcome": "passed", "passed": True, "note": "",
+          "n_seeds": 2, "n_evaluable": 2, "n_passed": 2}]
     )  # fmt: skip
-    row = _claims_markdown(claims)[2]
+    row = _claims_markdown(claims)[4]
     unescaped = row.replace("\\|", "")
     assert unescaped.count("|") == 6, row  # the five cells' borders only
     assert "\\|x - y\\|" in row

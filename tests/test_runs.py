@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nfstudy import runs
-from nfstudy.claims import Claim, across_seeds, claims_table
+from nfstudy.claims import COLUMNS, Claim, across_seeds, claims_table, near, score
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
@@ -91,11 +91,58 @@ def test_load_table_concatenates_seeds_in_order(results_root):
 
 def test_claims_table_and_across_seeds():
     one = claims_table("f", [Claim("big", "ratio", 12.0, ">=", 10.0), Claim("small", "x", float("nan"), "<", 1.0)])
-    assert one.columns.tolist() == ["figure", "claim", "metric", "value", "comparison", "threshold", "passed"]
+    assert one.columns.tolist() == COLUMNS
     assert one["passed"].tolist() == [True, False]  # NaN never passes
+    assert one["outcome"].tolist() == ["passed", "failed"]
     two = claims_table("f", [Claim("big", "ratio", 8.0, ">=", 10.0), Claim("small", "x", 0.5, "<", 1.0)])
     summary = across_seeds(pd.concat([one.assign(seed=0), two.assign(seed=1)]))
     big = summary.set_index("claim").loc["big"]
     assert big["value"] == 10.0 and big["n_seeds"] == 2 and big["n_passed"] == 1 and not big["passed"]
+    assert big["outcome"] == "failed"  # 1 of 2 < 80%
     with pytest.raises(ValueError, match="comparison"):
         Claim("c", "m", 1.0, "=>", 0.0)
+
+
+def test_a_band_is_two_sided_and_near_builds_it():
+    inside, low, high = (Claim("ratio ~100", "r", v, **near(100, 10)) for v in (100.0, 9.0, 1e10))
+    assert inside.passed and not low.passed and not high.passed
+    assert (inside.threshold, inside.threshold_high) == (10.0, 1000.0)
+    with pytest.raises(ValueError, match="threshold <= threshold_high"):
+        Claim("c", "m", 1.0, "between", 2.0, 1.0)
+
+
+def test_not_evaluable_counts_neither_way_and_needs_a_reason():
+    with pytest.raises(ValueError, match="say why"):
+        Claim("c", "m", 1.0, ">", 0.0, evaluable=False)
+    undecided = Claim("c", "m", 1.0, ">", 0.0, evaluable=False, note="runs had not converged")
+    assert undecided.outcome == "not evaluable" and not undecided.passed
+    rows = [claims_table("f", [Claim("c", "m", v, ">", 0.0, evaluable=e, note="" if e else "why")]).assign(seed=s)
+            for s, (v, e) in enumerate([(1.0, True), (1.0, True), (1.0, True), (1.0, True), (-1.0, True)])]  # fmt: skip
+    four_of_five = across_seeds(pd.concat(rows)).iloc[0]
+    assert four_of_five["outcome"] == "passed" and four_of_five["n_passed"] == 4  # the 80% rule
+    rows[3] = claims_table("f", [Claim("c", "m", -1.0, ">", 0.0)]).assign(seed=3)
+    assert across_seeds(pd.concat(rows)).iloc[0]["outcome"] == "failed"  # 3 of 5
+    mostly_undecided = [claims_table("f", [Claim("c", "m", 1.0, ">", 0.0, evaluable=s == 0, note="" if s == 0 else "why")]).assign(seed=s)
+                        for s in range(3)]  # fmt: skip
+    summary = across_seeds(pd.concat(mostly_undecided)).iloc[0]
+    assert summary["outcome"] == "not evaluable" and summary["note"] == "why"
+
+
+def test_sanity_checks_and_undecided_claims_do_not_count_toward_the_score():
+    table = claims_table(
+        "f",
+        [
+            Claim("a", "m", 1.0, ">", 0.0),
+            Claim("b", "m", -1.0, ">", 0.0),
+            Claim("theorem", "m", 1.0, ">", 0.0, kind="sanity"),
+            Claim("undecided", "m", 1.0, ">", 0.0, evaluable=False, note="why"),
+            Claim("nf", "m", 1.0, ">", 0.0, kind="extension"),
+        ],
+    )
+    assert score(table) == (1, 2) and score(table, "extension") == (1, 1)
+
+
+def test_claims_written_before_kinds_and_outcomes_are_read_as_paper_claims():
+    old = pd.DataFrame([{"figure": "f", "claim": "c", "metric": "m", "value": 1.0, "comparison": ">", "threshold": 0.0, "passed": True}])
+    summary = across_seeds(old.assign(seed=0)).iloc[0]
+    assert (summary["kind"], summary["outcome"], summary["n_evaluable"]) == ("paper", "passed", 1)
