@@ -140,8 +140,9 @@ def normalize(per_seed: pd.DataFrame) -> pd.DataFrame:
     if "note" not in out:
         out["note"] = ""
     if "outcome" not in out:
-        out["outcome"] = out["passed"].map(lambda p: "passed" if bool(p) else "failed")
+        out["outcome"] = out["passed"].map(lambda p: "passed" if p is True or str(p) == "True" else "failed")  # NaN never passes
     out["note"] = out["note"].fillna("").astype(str)
+    out["outcome"] = out["outcome"].where(out["outcome"].isin(OUTCOMES), "failed")  # a damaged row never passes
     out["passed"] = out["outcome"] == "passed"
     return out
 
