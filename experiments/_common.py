@@ -1,12 +1,12 @@
-"""Pieces the figure modules share: the ``+agc`` series suffix and the CIFAR ResNet of a
-figure's parameters."""
+"""Pieces the figure modules share: the ``+agc`` series suffix and the network of a
+figure's parameters (``model``, ``depth``, ``init``: see :mod:`nfstudy.models.registry`)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from nfstudy.data import DATASETS
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import DEFAULT_MODEL, INITS, NORMS, build_model, check_model
 from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
 
 
@@ -17,22 +17,37 @@ def split_agc(spec: str) -> tuple[str, bool]:
     return (spec[: -len(AGC_SUFFIX)] if agc else spec), agc
 
 
+def model_name(params) -> str:
+    """The figure's ``model`` (``cifar_resnet`` for a figure without that parameter)."""
+    return getattr(params, "model", DEFAULT_MODEL)
+
+
 def make_resnet(params, norm: str, num_classes: int):
-    """``cifar_resnet(params.depth, norm, params.init)``; an NF network gets the figure's
-    ``nf_skip_gain_init`` where the figure has one (the model's default otherwise)."""
+    """``build_model(params.model, params.depth, norm, params.init)``; an NF network gets
+    the figure's ``nf_skip_gain_init`` where the figure has one (the model's default otherwise)."""
     gain = getattr(params, "nf_skip_gain_init", None)
     extra = {"skip_gain_init": gain} if norm == "nf" and gain is not None else {}
-    return cifar_resnet(params.depth, norm, params.init, num_classes=num_classes, **extra)
+    return build_model(model_name(params), params.depth, norm, params.init, num_classes=num_classes, **extra)
+
+
+def series_norm(spec) -> str:
+    """The network of a series entry: ``"none+agc@0.1"`` -> ``"none"``, ``"bn"`` -> ``"bn"``."""
+    return split_agc(str(spec).partition("@")[0])[0]
 
 
 def check_network_params(params, *, norm_series: bool = True) -> None:
     """The checks every figure's ``Params`` share, each error naming the valid choices:
     ``dataset``, ``init``, ``depth`` and, where the figure has them, ``batch_size``,
     ``networks`` and ``image_size`` (32 with CIFAR-10); with ``norm_series`` every entry of
-    ``series`` must be a norm."""
+    ``series`` must be a norm. A figure with a ``model`` parameter: the model must exist,
+    have that ``depth`` and support the norm of every series (e.g. ``torchvision_resnet``:
+    bn and none only)."""
     check_choice("dataset", params.dataset, DATASETS)
     check_choice("init", params.init, INITS)
     check_positive("depth", params.depth, integer=True)
+    if hasattr(params, "model"):
+        known = [n for n in map(series_norm, params.series) if n in NORMS]  # the figure names unknown ones
+        check_model(params.model, params.depth, known)
     for name in ("batch_size", "networks", "image_size"):
         if hasattr(params, name):
             check_positive(name, getattr(params, name), integer=True)

@@ -92,6 +92,7 @@ class Params:
     divergence_factor: float = 1000.0  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
     checkpoint_every: int = 5  # epochs
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
 
     def __post_init__(self):
         check_network_params(self, norm_series=False)

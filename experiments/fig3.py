@@ -74,6 +74,7 @@ class Params:
     augment: bool = True  # crop + flip, as training does
     nf_skip_gain_init: float = 1.0  # see the module docstring
     chunk_size: int | None = None  # step sizes per forward pass (None: 1 on CPU, 16 on GPU)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
 
     def __post_init__(self):
         check_network_params(self, norm_series=False)

@@ -52,6 +52,7 @@ class Params:
     series: tuple[str, ...] = ("bn", "none", "nf")
     augment: bool = True  # the mini-batches as training would see them (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
 
     def __post_init__(self):
         check_network_params(self)

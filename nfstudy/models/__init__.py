@@ -1,7 +1,9 @@
-"""Models: CIFAR ResNets with norm = bn | none | ws | nf, NF layers, and surgery."""
+"""Models: CIFAR ResNets with norm = bn | none | ws | nf, NF layers, surgery, and the
+registry of model families a figure can build (:func:`build_model`)."""
 
 from .init import INITS, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
+from .registry import DEFAULT_MODEL, MODELS, build_model, check_model
 from .resnet import NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
 from .surgery import (
     WeightLayer,
@@ -14,7 +16,9 @@ from .surgery import (
 
 __all__ = [
     "ACTIVATION_GAMMA",
+    "DEFAULT_MODEL",
     "INITS",
+    "MODELS",
     "NORMS",
     "RELU_GAMMA",
     "BasicBlock",
@@ -24,6 +28,8 @@ __all__ = [
     "ScaledReLU",
     "ScaledStdConv2d",
     "WeightLayer",
+    "build_model",
+    "check_model",
     "cifar_resnet",
     "create_model",
     "get_layer",
