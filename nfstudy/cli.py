@@ -29,6 +29,7 @@ __all__ = ["aggregate", "main", "run_figure"]
 
 # What every template's parameters cell has besides the experiment's own parameters.
 RUN_PARAMETERS = ("profile", "seed", "device", "results_dir")
+KERNEL_LOG = "kernel-stderr.log"
 
 
 def _root() -> Path:
@@ -110,6 +111,14 @@ def _local_kernel_manager(socket_dir: str):
             super().__init__(**kwargs)
             self.transport = "ipc"
             self.ip = os.path.join(socket_dir, "kernel")  # socket files: kernel-<n>
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # The kernel process's own stderr (not the cells' output, which comes over its
+            # sockets) goes to a log: after a Ctrl-C it is ~20 lines of ZMQError.
+            # _execute shows its tail when the kernel dies.
+            with open(os.path.join(socket_dir, KERNEL_LOG), "ab") as log:
+                kw.setdefault("stderr", log)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return LocalKernelManager
 
@@ -226,6 +235,14 @@ def _execute(pm, figure: str, notebook: Path, parameters: dict[str, Any], log_ou
             stderr_file=sys.stderr if log_output else None,
             **({"kernel_manager_class": manager} if manager else {}),
         )
+    except (KeyboardInterrupt, pm.PapermillExecutionError):
+        raise
+    except BaseException:  # the kernel died, or could not start: what it said is the clue
+        with contextlib.suppress(OSError):
+            tail = Path(sockets.name, KERNEL_LOG).read_text(errors="replace").strip().splitlines()[-20:]
+            if tail:
+                print("[nfstudy] the kernel's last words:\n  " + "\n  ".join(tail), file=sys.stderr)
+        raise
     finally:
         sockets.cleanup()
         if backend is not None:
