@@ -134,16 +134,12 @@ def _takes_data(module) -> bool:
 
 
 def _check_data(params) -> None:
-    """Missing or corrupt CIFAR-10 is reported here, before the seed's folder is touched
-    (offline; online the kernel downloads it)."""
-    if getattr(params, "dataset", None) != "cifar10":
-        return
-    from .data import cifar10_present, data_root
-
-    if os.environ.get("NFSTUDY_OFFLINE", "0") not in ("", "0") or cifar10_present(data_root()):
+    """CIFAR-10 is verified (a tarball there extracted, or downloaded unless offline) here,
+    so that missing or corrupt data is one line before the seed's folder is touched."""
+    if getattr(params, "dataset", None) == "cifar10":
         from .data import prepare_cifar10
 
-        prepare_cifar10(data_root(), download=False)
+        prepare_cifar10()
 
 
 def run_figure(

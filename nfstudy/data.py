@@ -191,12 +191,6 @@ def _extract(tarball: Path, root: Path, folder_name: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def cifar10_present(root: str | os.PathLike | None = None) -> bool:
-    """Whether CIFAR-10 (its folder or its tarball) is in ``root`` (checked or not)."""
-    root = Path(root) if root is not None else data_root()
-    return (root / CIFAR10_FOLDER).is_dir() or (root / CIFAR10_TARBALL).is_file()
-
-
 def prepare_cifar10(
     root: str | os.PathLike | None = None, download: bool | None = None, checksums: Mapping[str, str] | None = None
 ):
@@ -207,6 +201,8 @@ def prepare_cifar10(
     root = Path(root) if root is not None else data_root()
     if download is None:  # NFSTUDY_OFFLINE=1: never try the network
         download = os.environ.get("NFSTUDY_OFFLINE", "0") in ("", "0")
+    if root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(f"the data folder {root} is a file, not a folder: point NFSTUDY_DATA at a folder")
     cls = _cifar10_class(checksums)
     folder = root / cls.base_folder
     tarball = root / cls.filename
