@@ -155,7 +155,7 @@ def run_figure(
 
     Parameters, device and offline data are checked before the seed's folder is touched.
     The notebook runs in the seed's attempt folder (``seed=<S>.attempt``), under the seed's
-    lock, and is swapped in as ``seed=<S>`` once it completed: a run that fails or is
+    lock, and is swapped in as ``seed=<S>`` once it has completed: a run that fails or is
     interrupted leaves the last completed result as it was, and its own attempt (run.json,
     executed notebook, checkpoints) for inspection and to resume from.
     """
@@ -398,7 +398,7 @@ def _expected(error: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or bool(os.environ.get("NFSTUDY_DEBUG"))
+    debug = "--debug" in argv or os.environ.get("NFSTUDY_DEBUG", "") not in ("", "0")
     argv = _p_as_param([a for a in argv if a != "--debug"])
     args = _parser().parse_args(argv)
     from .compat import TorchvisionOpsUnavailable

@@ -65,8 +65,9 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
     for seed_dir in sorted(folder.glob("seed=*")):
         meta = runs.read_run(seed_dir)
         if runs.is_attempt(seed_dir):  # an unfinished run beside the seed's completed one (if any)
-            result.broken.append((seed_dir, f"an unfinished attempt, {runs.attempt_status(seed_dir)}: kept for inspection; "
-                                            "running the seed again resumes it"))  # fmt: skip
+            status = runs.attempt_status(seed_dir)
+            result.broken.append((seed_dir, "a run in progress" if status == "running" else
+                                  f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it"))  # fmt: skip
         elif meta is None:
             problem = runs.run_problem(seed_dir)
             why = "no readable run.json" if problem == "no run.json" else problem
