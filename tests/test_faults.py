@@ -103,6 +103,14 @@ def test_a_rerun_starts_from_the_completed_runs_checkpoints_without_changing_the
     assert saved.read_bytes() == b"epoch 10"  # linked, never written through
 
 
+def test_without_an_atomic_exchange_the_swap_still_replaces_the_whole_run(tmp_path, monkeypatch):
+    fig7_run(tmp_path, checkpoint=b"old")
+    monkeypatch.setattr(runs, "_exchange", lambda a, b: False)  # not Linux, or a filesystem without it
+    done = fig7_run(tmp_path, checkpoint=b"new").dir
+    assert (done / "checkpoints" / "series" / "checkpoint.pt").read_bytes() == b"new"
+    assert sorted(p.name for p in done.parent.iterdir()) == ["seed=0"]  # nothing left beside it
+
+
 def test_a_swap_cut_short_is_finished_by_the_next_run(tmp_path):
     done = fig7_run(tmp_path).dir
     attempt = runs.attempt_dir(done)
