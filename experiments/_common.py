@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nfstudy.data import DATASETS
+from nfstudy.data import DATASETS, TRAIN_IMAGES
 from nfstudy.models import DEFAULT_MODEL, INITS, NORMS, build_model, check_model
 from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
 
@@ -35,16 +35,38 @@ def series_norm(spec) -> str:
     return split_agc(str(spec).partition("@")[0])[0]
 
 
+def check_depth(depth) -> None:
+    """A CIFAR ResNet's depth is 6n+2 (n >= 1 basic blocks per stage)."""
+    check_positive("depth", depth, integer=True)
+    if depth < 8 or (depth - 2) % 6:
+        near = sorted({max(8, 6 * ((depth - 2) // 6) + 2), 6 * ((depth - 2) // 6 + 1) + 2} - {depth})
+        raise ValueError(
+            f"depth must be 6n+2 (a stem, 3 stages of n two-conv blocks, the classifier), got {depth}: "
+            f"try {' or '.join(map(str, near))} (the paper's ResNets: 20, 32, 44, 56, 110)"
+        )
+
+
+def check_batch_fits(params) -> None:
+    """Every batch size of ``params`` (``batch_size``, ``batch_sizes``) fits in the training
+    images of its dataset (a mini-batch larger than the data set cannot be drawn)."""
+    available = TRAIN_IMAGES[params.dataset]
+    sizes = [getattr(params, "batch_size", None), *getattr(params, "batch_sizes", ())]
+    for size in sizes:
+        if isinstance(size, int) and size > available:
+            raise ValueError(f"batch size {size} exceeds the {available} training images of {params.dataset}: use at most {available}")
+
+
 def check_network_params(params, *, norm_series: bool = True) -> None:
     """The checks every figure's ``Params`` share, each error naming the valid choices:
-    ``dataset``, ``init``, ``depth`` and, where the figure has them, ``batch_size``,
-    ``networks`` and ``image_size`` (32 with CIFAR-10); with ``norm_series`` every entry of
-    ``series`` must be a norm. A figure with a ``model`` parameter: the model must exist,
-    have that ``depth`` and support the norm of every series (e.g. ``torchvision_resnet``:
-    bn and none only)."""
+    ``dataset``, ``init``, ``depth`` (6n+2 for the CIFAR ResNet) and, where the figure has
+    them, ``batch_size`` (at most the dataset's training images), ``networks`` and
+    ``image_size`` (32 with CIFAR-10); ``series`` not empty and, with ``norm_series``, every
+    entry a norm. A figure with a ``model`` parameter: the model must exist, have that
+    ``depth`` and support the norm of every series (e.g. ``torchvision_resnet``: bn and none only)."""
     check_choice("dataset", params.dataset, DATASETS)
     check_choice("init", params.init, INITS)
-    check_positive("depth", params.depth, integer=True)
+    if model_name(params) == DEFAULT_MODEL:
+        check_depth(params.depth)
     if hasattr(params, "model"):
         known = [n for n in map(series_norm, params.series) if n in NORMS]  # the figure names unknown ones
         check_model(params.model, params.depth, known)
@@ -53,6 +75,9 @@ def check_network_params(params, *, norm_series: bool = True) -> None:
             check_positive(name, getattr(params, name), integer=True)
     if params.dataset == "cifar10" and getattr(params, "image_size", 32) != 32:
         raise ValueError(f"CIFAR-10 images are 32x32: image_size must be 32 with dataset cifar10, got {params.image_size}")
+    if hasattr(params, "series") and not params.series:
+        raise ValueError("series is empty: give at least one (`python -m nfstudy list` shows each profile's series)")
+    check_batch_fits(params)
     if norm_series:
         for s in params.series:
             check_choice("series", s, NORMS)

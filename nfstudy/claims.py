@@ -143,6 +143,8 @@ def normalize(per_seed: pd.DataFrame) -> pd.DataFrame:
         out["outcome"] = out["passed"].map(lambda p: "passed" if p is True or str(p) == "True" else "failed")  # NaN never passes
     out["note"] = out["note"].fillna("").astype(str)
     out["outcome"] = out["outcome"].where(out["outcome"].isin(OUTCOMES), "failed")  # a damaged row never passes
+    if "value" in out:  # nor does a NaN value (a cut or edited row)
+        out.loc[(out["outcome"] == "passed") & pd.to_numeric(out["value"], errors="coerce").isna(), "outcome"] = "failed"
     out["passed"] = out["outcome"] == "passed"
     return out
 

@@ -29,6 +29,7 @@ __all__ = ["aggregate", "main", "run_figure"]
 
 # What every template's parameters cell has besides the experiment's own parameters.
 RUN_PARAMETERS = ("profile", "seed", "device", "results_dir")
+KERNEL_LOG = "kernel-stderr.log"
 
 
 def _root() -> Path:
@@ -75,8 +76,25 @@ def _overrides(args) -> dict[str, Any]:
             raise SystemExit(f"--param takes name=value, got {item!r}")
         found[name.strip()] = _parse_value(value.strip())
     if args.dataset:
-        found["dataset"] = args.dataset
+        if _takes_data(_experiment(args.figure)):
+            found["dataset"] = args.dataset
+        else:  # `make figs DATASET=...` runs every figure, this one too
+            print(f"[nfstudy] {args.figure} takes no data: --dataset {args.dataset} is ignored", file=sys.stderr)
     return found
+
+
+def _p_as_param(argv: list[str]) -> list[str]:
+    """``-p NAME VALUE`` as ``--param=NAME=VALUE``, so that a VALUE starting with '-'
+    (``-p lrs -0.1,1``) is not taken for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "-p" and i + 2 < len(argv) and not argv[i + 1].startswith("-"):
+            out.append(f"--param={argv[i + 1]}={argv[i + 2]}")
+            i += 3
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _local_kernel_manager(socket_dir: str):
@@ -94,7 +112,34 @@ def _local_kernel_manager(socket_dir: str):
             self.transport = "ipc"
             self.ip = os.path.join(socket_dir, "kernel")  # socket files: kernel-<n>
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # The kernel process's own stderr (not the cells' output, which comes over its
+            # sockets) goes to a log: after a Ctrl-C it is ~20 lines of ZMQError.
+            # _execute shows its tail when the kernel dies.
+            with open(os.path.join(socket_dir, KERNEL_LOG), "ab") as log:
+                kw.setdefault("stderr", log)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return LocalKernelManager
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (it names the folder seed=<S> and seeds every draw), got {seed!r}")
+    return seed
+
+
+def _takes_data(module) -> bool:
+    return any(f.name == "dataset" for f in dataclasses.fields(module.Params))
+
+
+def _check_data(params) -> None:
+    """CIFAR-10 is verified (a tarball there extracted, or downloaded unless offline) here,
+    so that missing or corrupt data is one line before the seed's folder is touched."""
+    if getattr(params, "dataset", None) == "cifar10":
+        from .data import prepare_cifar10
+
+        prepare_cifar10()
 
 
 def run_figure(
@@ -106,10 +151,13 @@ def run_figure(
     results_root: str | os.PathLike | None = None,
     log_output: bool = True,
 ) -> Path:
-    """Execute one seed of ``figure``'s notebook; returns the run folder.
+    """Execute one seed of ``figure``'s notebook; returns the seed's folder.
 
-    Parameters are checked before any kernel starts. A failing or interrupted run is
-    marked so in ``run.json`` and its executed notebook is kept for inspection.
+    Parameters, device and offline data are checked before the seed's folder is touched.
+    The notebook runs in the seed's attempt folder (``seed=<S>.attempt``), under the seed's
+    lock, and is swapped in as ``seed=<S>`` once it has completed: a run that fails or is
+    interrupted leaves the last completed result as it was, and its own attempt (run.json,
+    executed notebook, checkpoints) for inspection and to resume from.
     """
     import papermill as pm
 
@@ -118,28 +166,62 @@ def run_figure(
     from .runtime import resolve_device
 
     module = _experiment(figure)
+    _check_seed(seed)
     overrides = dict(overrides or {})
     reserved = sorted(set(overrides) & set(RUN_PARAMETERS))
     if reserved:
         raise ValueError(f"set {', '.join(reserved)} with its own option (--profile, --seed, --device), not as a parameter")
-    resolve(module.PROFILES, profile, overrides)  # unknown names or bad types fail here, not in a kernel
+    params = resolve(module.PROFILES, profile, overrides)  # every check of the figure's Params, before any folder
     resolve_device(device)  # an unavailable device fails here, not inside a kernel
-    folder = runs.run_dir(figure, profile, seed, results_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    notebook = folder / f"{figure}.ipynb"
-    partial = folder / f".{figure}.partial.ipynb"
-    parameters = {"profile": profile, "seed": seed, "device": device, "results_dir": str(folder)}
-    parameters.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
-    print(f"[nfstudy] {figure} profile={profile} seed={seed} device={device} -> {folder}", file=sys.stderr)
-    started = time.time()
-    os.environ.setdefault("NFSTUDY_COMMAND", " ".join(["python -m nfstudy", *sys.argv[1:]]))
+    _check_data(params)
+    final = runs.run_dir(figure, profile, seed, results_root)
+    what = f"{figure} seed {seed} ({profile})"
+    with runs.acquire_lock(final, what=what) as lock:
+        if lock.stale:
+            print(f"[nfstudy] cleared the stale lock of a run that no longer runs: pid {lock.stale.get('pid')}, "
+                  f"started {lock.stale.get('started')}", file=sys.stderr)  # fmt: skip
+        attempt = runs.prepare_attempt(final)
+        notebook = attempt / f"{figure}.ipynb"
+        kept = f"; the completed run of this seed is unchanged in {final}" if runs.read_run(final) else ""
+        parameters = {"profile": profile, "seed": seed, "device": device, "results_dir": str(attempt)}
+        parameters.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
+        print(f"[nfstudy] {figure} profile={profile} seed={seed} device={device} -> {final}", file=sys.stderr)
+        started = time.time()
+        os.environ.setdefault("NFSTUDY_COMMAND", " ".join(["python -m nfstudy", *sys.argv[1:]]))
+        try:
+            _execute(pm, figure, notebook, parameters, log_output)
+        except KeyboardInterrupt:
+            _mark_if_running(attempt, "interrupted", "KeyboardInterrupt")
+            raise RunInterrupted(f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}") from None
+        except pm.PapermillExecutionError as error:
+            if error.ename == "KeyboardInterrupt":
+                _mark_if_running(attempt, "interrupted", "KeyboardInterrupt")
+                raise RunInterrupted(f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}") from None
+            _mark_if_running(attempt, "failed", f"{error.ename}: {error.evalue}")
+            raise RunFailed(
+                f"{what} failed: {error.ename}: {error.evalue}\n"
+                f"  the executed notebook, with the traceback, is {notebook}{kept}"
+            ) from None
+        except BaseException as error:
+            _mark_if_running(attempt, "failed", f"{type(error).__name__}: {error}")
+            raise
+        meta = runs.read_run(attempt)
+        if not meta or meta.get("status") != "completed":
+            _mark_if_running(attempt, "failed", "the notebook ended without run.finish()")
+            raise RunFailed(f"{what}: the notebook {notebook} ended without completing its run (run.finish()){kept}")
+        runs.publish(attempt, final)
+    print(f"[nfstudy] {figure} seed={seed} done in {time.time() - started:.1f}s", file=sys.stderr)
+    return final
+
+
+def _execute(pm, figure: str, notebook: Path, parameters: dict[str, Any], log_output: bool) -> None:
     backend = os.environ.pop("MPLBACKEND", None)  # the kernel draws with its inline backend
     sockets = tempfile.TemporaryDirectory(prefix="nfstudy-kernel-")
     manager = _local_kernel_manager(sockets.name)
     try:
         pm.execute_notebook(
             str(_root() / "notebooks" / f"{figure}.ipynb"),
-            str(partial),
+            str(notebook),
             parameters=parameters,
             cwd=str(_root()),
             kernel_name="python3",
@@ -149,30 +231,26 @@ def run_figure(
             stderr_file=sys.stderr if log_output else None,
             **({"kernel_manager_class": manager} if manager else {}),
         )
-    except KeyboardInterrupt:
-        runs.mark_run(folder, "interrupted", "KeyboardInterrupt")
+    except (KeyboardInterrupt, pm.PapermillExecutionError):
         raise
-    except pm.PapermillExecutionError as error:
-        _mark_if_running(folder, "failed", f"{error.ename}: {error.evalue}")
-        raise RunFailed(
-            f"{figure} seed {seed} failed: {error.ename}: {error.evalue}\n"
-            f"  the executed notebook, with the traceback, is {notebook}"
-        ) from None
-    except BaseException as error:
-        _mark_if_running(folder, "failed", f"{type(error).__name__}: {error}")
+    except BaseException:  # the kernel died, or could not start: what it said is the clue
+        with contextlib.suppress(OSError):
+            tail = Path(sockets.name, KERNEL_LOG).read_text(errors="replace").strip().splitlines()[-20:]
+            if tail:
+                print("[nfstudy] the kernel's last words:\n  " + "\n  ".join(tail), file=sys.stderr)
         raise
     finally:
         sockets.cleanup()
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
-        if partial.exists():
-            os.replace(partial, notebook)
-    print(f"[nfstudy] {figure} seed={seed} done in {time.time() - started:.1f}s", file=sys.stderr)
-    return folder
 
 
 class RunFailed(RuntimeError):
     """A figure's notebook raised; the message names the error and the notebook."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message names what is kept."""
 
 
 def _mark_if_running(folder: Path, status: str, error: str) -> None:
@@ -249,7 +327,11 @@ def _cmd_report(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nfstudy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m nfstudy",
+        description=__doc__.split("\n\n")[0],
+        epilog="--debug (anywhere) or NFSTUDY_DEBUG=1: show the traceback of an error",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="figures and their parameters per profile").set_defaults(func=_cmd_list)
 
@@ -279,21 +361,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _oserror_line(error: OSError, results: str | None) -> str:
+    """One line for an OSError on a file or folder: what failed, where, and the fix."""
+    from .data import data_root
+    from .runs import results_root
+
+    path = Path(error.filename) if error.filename else None
+    reason = error.strerror or type(error).__name__
+    if path is None:
+        return f"{reason}: {error}"
+    try:
+        results_dir = Path(results or results_root()).resolve()
+        data_dir = data_root().resolve()
+        where = path.resolve()
+    except OSError:
+        results_dir = data_dir = where = None
+    if where is not None and (where == results_dir or results_dir in where.parents):
+        fix = "make that folder writable (with free space), or write the results elsewhere with --results DIR or NFSTUDY_RESULTS"
+    elif where is not None and (where == data_dir or data_dir in where.parents):
+        fix = "make that folder writable, or point NFSTUDY_DATA at another data folder"
+    else:
+        fix = "check that the path is a folder you can write to"
+    return f"cannot use {path}: {reason}. Fix: {fix}"
+
+
+def _expected(error: BaseException) -> bool:
+    """Failures a user can fix (bad parameters, missing or corrupt files, folders), as
+    opposed to bugs, which keep their traceback."""
+    from .data import DatasetNotFoundError
+    from .runs import CorruptResultError, SeedBusyError
+
+    if isinstance(error, (ValueError, TypeError, OSError, DatasetNotFoundError, CorruptResultError, SeedBusyError)):
+        return True
+    return isinstance(error, RuntimeError) and str(error).startswith("device ")  # nfstudy.runtime.resolve_device
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("NFSTUDY_DEBUG", "") not in ("", "0")
+    argv = _p_as_param([a for a in argv if a != "--debug"])
     args = _parser().parse_args(argv)
     from .compat import TorchvisionOpsUnavailable
 
     warnings.simplefilter("ignore", TorchvisionOpsUnavailable)
     try:
         return args.func(args)
-    except (ValueError, TypeError, IndexError, FileNotFoundError, RuntimeError) as error:
-        if os.environ.get("NFSTUDY_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(f"[nfstudy] {error}" if str(error) else "[nfstudy] interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if debug or not _expected(error):
+            raise
+        if isinstance(error, OSError) and error.filename:
+            line = _oserror_line(error, getattr(args, "results", None))
+        else:
+            line = str(error).replace("\n", " ")
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()

@@ -16,20 +16,23 @@ utils) then works; the compiled ops stay absent and raise torchvision's own
 "Couldn't load custom C++ ops" error if called (nfstudy never calls them). On a
 proper install the first plain import succeeds and nothing is patched.
 
-Import nfstudy (or call this function) before ``import torchvision`` in your own code
-on such a machine: once it has succeeded, ``import torchvision`` finds the module.
+Importing nfstudy (any part of it) is enough on such a machine: it installs an import
+hook (:func:`install_import_hook`) that routes the first ``import torchvision`` of the
+process, whoever makes it (timm, your code), through :func:`import_torchvision`. The
+hook costs nothing until then and removes itself after that first import; torch and
+torchvision are not imported by ``import nfstudy`` itself.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.machinery
 import sys
 import warnings
 from types import ModuleType
 
-import torch
-
-__all__ = ["TorchvisionOpsUnavailable", "import_torchvision", "torchvision_ops_available"]
+__all__ = ["TorchvisionOpsUnavailable", "import_torchvision", "install_import_hook", "torchvision_ops_available"]
 
 
 class TorchvisionOpsUnavailable(RuntimeWarning):
@@ -37,6 +40,8 @@ class TorchvisionOpsUnavailable(RuntimeWarning):
 
 
 def _op_exists(qualname: str) -> bool:
+    import torch
+
     namespace, _, name = qualname.partition("::")
     try:
         getattr(getattr(torch.ops, namespace), name.split(".")[0])
@@ -55,6 +60,9 @@ def _forget_partial_import() -> None:
 @functools.cache
 def import_torchvision() -> ModuleType:
     """Import torchvision, tolerating compiled operators that cannot load."""
+    import torch
+
+    _remove_import_hook()
     try:
         import torchvision
     except RuntimeError as error:
@@ -91,3 +99,39 @@ def import_torchvision() -> ModuleType:
 def torchvision_ops_available() -> bool:
     """True when torchvision's compiled operators loaded (a matching install)."""
     return import_torchvision().extension._has_ops()
+
+
+class _Loaded(importlib.abc.Loader):
+    """The loader of a module that is already imported: the import system gets it as is."""
+
+    def __init__(self, module: ModuleType):
+        self.module, self.spec = module, module.__spec__
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module) -> None:
+        module.__spec__ = self.spec  # the import system set ours; the module keeps its own
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """Routes the first ``import torchvision`` through :func:`import_torchvision`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision":
+            return None
+        module = import_torchvision()  # removes this hook first: the import below it is a plain one
+        spec = module.__spec__
+        return importlib.machinery.ModuleSpec(name, _Loaded(module), origin=spec.origin if spec else None, is_package=True)
+
+
+def _remove_import_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
+
+
+def install_import_hook() -> None:
+    """Make the next ``import torchvision`` of this process go through
+    :func:`import_torchvision` (nothing to do once torchvision is imported)."""
+    if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TorchvisionHook())

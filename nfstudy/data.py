@@ -6,8 +6,9 @@ Datasets (:data:`DATASETS`), each an :class:`ImageDataset` of uint8 images
 * ``cifar10``: CIFAR-10 through torchvision, downloaded into :func:`data_root`
   (``$NFSTUDY_DATA``, else ``data/`` in the repository) and checked against
   torchvision's MD5 checksums. Offline, put ``cifar-10-python.tar.gz`` (or its extracted
-  ``cifar-10-batches-py/`` folder) there; the error message says exactly where.
-  ``NFSTUDY_OFFLINE=1`` skips the download attempt.
+  ``cifar-10-batches-py/`` folder) there; the error message says exactly where. A tarball
+  there is checked against its MD5 and extracted without the network (a corrupt one is
+  named, with its MD5). ``NFSTUDY_OFFLINE=1`` skips the download attempt.
 * ``digits``: scikit-learn's bundled handwritten digits (1797 real 8x8 grey images,
   0-9), upsampled to 32x32 (or kept at 8x8: ``image_size=8``) and repeated over 3 channels; every 6th image is a test
   image (1498 train, 299 test). Offline, always available.
@@ -23,7 +24,13 @@ epoch can be replayed on its own (resuming mid-training).
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
+import shutil
+import tarfile
+import tempfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +44,13 @@ from .params import check_choice, check_positive
 __all__ = [
     "CIFAR10_MD5",
     "DATASETS",
+    "TRAIN_IMAGES",
     "DatasetNotFoundError",
     "DeviceLoader",
     "ImageDataset",
     "data_root",
     "load_dataset",
+    "prepare_cifar10",
     "random_crop_flip",
 ]
 
@@ -49,6 +58,11 @@ DATASETS = ("cifar10", "digits", "synthetic")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # of cifar-10-python.tar.gz (torchvision's value)
 CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+DIGITS_IMAGES = 1797  # scikit-learn's digits; every 6th is a test image
+SYNTHETIC_TRAIN_SIZE = 5000  # load_synthetic's default
+# Training images of each dataset, known without loading it (to check a batch size early).
+TRAIN_IMAGES = {"cifar10": 50_000, "digits": DIGITS_IMAGES - DIGITS_IMAGES // 6, "synthetic": SYNTHETIC_TRAIN_SIZE}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -146,36 +160,91 @@ def _corrupt_files(cls, root: Path) -> list[str]:
     return [name for name, md5 in entries if not check_integrity(str(folder / name), md5)]
 
 
-def load_cifar10(
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _extract(tarball: Path, root: Path, folder_name: str) -> None:
+    """Extract ``tarball`` into ``root`` through a temporary folder and one rename, so a
+    cut extraction never looks like a dataset."""
+    scratch = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        try:
+            with tarfile.open(tarball, "r:gz") as tar:
+                tar.extractall(scratch, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise DatasetNotFoundError(
+                f"{tarball} is corrupt ({type(error).__name__}: {error}; md5 {_md5(tarball)}): delete it and copy a good "
+                f"one ({CIFAR10_URL}, md5 {CIFAR10_MD5}) into {root}/"
+            ) from None
+        if not (scratch / folder_name).is_dir():
+            raise DatasetNotFoundError(
+                f"{tarball} holds no {folder_name}/: it is not the CIFAR-10 python archive; delete it and copy "
+                f"{CIFAR10_URL} (md5 {CIFAR10_MD5}) into {root}/"
+            )
+        os.rename(scratch / folder_name, root / folder_name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def prepare_cifar10(
     root: str | os.PathLike | None = None, download: bool | None = None, checksums: Mapping[str, str] | None = None
-) -> ImageDataset:
-    """CIFAR-10 via torchvision, MD5-verified. ``checksums`` replaces torchvision's
-    expected MD5s per file name (``data_batch_1``, ..., ``test_batch``, ``batches.meta``,
-    ``cifar-10-python.tar.gz``): for tests and for mirrors that repackage the data."""
+):
+    """Make sure CIFAR-10 is in ``root``, MD5-verified: extract a verified tarball found
+    there (no network), else download it when ``download``; returns the torchvision
+    dataset class to read it with. Every failure is a :class:`DatasetNotFoundError` that
+    names the file and the fix (a corrupt tarball with its MD5)."""
     root = Path(root) if root is not None else data_root()
     if download is None:  # NFSTUDY_OFFLINE=1: never try the network
         download = os.environ.get("NFSTUDY_OFFLINE", "0") in ("", "0")
+    if root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(f"the data folder {root} is a file, not a folder: point NFSTUDY_DATA at a folder")
     cls = _cifar10_class(checksums)
     folder = root / cls.base_folder
+    tarball = root / cls.filename
+    if not folder.is_dir() and tarball.is_file():
+        found = _md5(tarball)
+        if found != cls.tgz_md5:
+            raise DatasetNotFoundError(
+                f"{tarball} is corrupt: its md5 is {found}, not {cls.tgz_md5} (a cut download, or another file). "
+                f"Delete it and copy a good one ({CIFAR10_URL}) into {root}/ , or set NFSTUDY_DATA to a folder that holds one."
+            )
+        _extract(tarball, root, cls.base_folder)
     if folder.is_dir():
         bad = _corrupt_files(cls, root)
         if bad:
             raise DatasetNotFoundError(
                 f"CIFAR-10 in {folder} is corrupt or incomplete: {', '.join(bad)} missing or failing its MD5 "
-                f"check. Delete {folder} (and {root / cls.filename} if present) and run again to re-download "
+                f"check. Delete {folder} (and {tarball} if present) and run again to re-download "
                 f"and extract it. {_offline_help(root)}"
             )
     elif download:
         root.mkdir(parents=True, exist_ok=True)
-        try:  # torchvision skips the download when a tarball with the right MD5 is already there
+        try:
             cls(str(root), train=True, download=True)
-        except Exception as error:  # URLError, OSError, corrupt tarball, ...
+        except Exception as error:  # URLError, OSError, ...
             raise DatasetNotFoundError(
                 f"CIFAR-10 is not in {root} and could not be downloaded ({type(error).__name__}: {error}). "
                 f"{_offline_help(root)}"
             ) from error
     else:
         raise DatasetNotFoundError(f"CIFAR-10 is not in {root}. {_offline_help(root)}")
+    return cls
+
+
+def load_cifar10(
+    root: str | os.PathLike | None = None, download: bool | None = None, checksums: Mapping[str, str] | None = None
+) -> ImageDataset:
+    """CIFAR-10 via torchvision, MD5-verified (:func:`prepare_cifar10`). ``checksums``
+    replaces torchvision's expected MD5s per file name (``data_batch_1``, ...,
+    ``test_batch``, ``batches.meta``, ``cifar-10-python.tar.gz``): for tests and for
+    mirrors that repackage the data."""
+    root = Path(root) if root is not None else data_root()
+    cls = prepare_cifar10(root, download, checksums)
     train = cls(str(root), train=True, download=False)
     test = cls(str(root), train=False, download=False)
 
@@ -210,7 +279,7 @@ def load_digits(image_size: int = 32) -> ImageDataset:
 
 
 def load_synthetic(
-    train_size: int = 5000,
+    train_size: int = SYNTHETIC_TRAIN_SIZE,
     test_size: int = 1000,
     num_classes: int = 10,
     seed: int = 0,

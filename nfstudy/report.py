@@ -64,8 +64,14 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
     result = ProfileResult(figure, profile, folder)
     for seed_dir in sorted(folder.glob("seed=*")):
         meta = runs.read_run(seed_dir)
-        if meta is None:
-            result.broken.append((seed_dir, "no readable run.json"))
+        if runs.is_attempt(seed_dir):  # an unfinished run beside the seed's completed one (if any)
+            status = runs.attempt_status(seed_dir)
+            result.broken.append((seed_dir, "a run in progress" if status == "running" else
+                                  f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it"))  # fmt: skip
+        elif meta is None:
+            problem = runs.run_problem(seed_dir)
+            why = "no readable run.json" if problem == "no run.json" else problem
+            result.broken.append((seed_dir, f"{why}: delete the folder or run the seed again"))
         elif meta.get("status") != "completed":
             result.broken.append((seed_dir, f"status {meta.get('status')!r}" + (f": {meta['error']}" if meta.get("error") else "")))
         elif not (seed_dir / "claims.csv").is_file():
@@ -197,7 +203,8 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
         broken += [item for r in results for item in r.broken]
         done = [r for r in results if r.completed]
         if not done:
-            missing.append(figure)
+            if figure in known:  # another folder (scratch, a backup) is not offered a make target
+                missing.append(figure)
             continue
         heading = f"{figure}: {_title(figure)}"
         sections += [f"## {heading}", ""]

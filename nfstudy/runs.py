@@ -7,19 +7,35 @@ Layout (a contract, see README.md)::
     results/<figure>/<profile>/<figure>.png   results/<figure>/<profile>/claims.csv
 
 Every file is written to a temporary name in the same folder and renamed into place,
-so a crash never leaves a half-written CSV. ``run.json`` says ``"status": "running"``
-until :meth:`Run.finish`; a run that failed or was interrupted says so, and loaders
-skip every run that did not complete, with a warning that names it.
+so a crash never leaves a half-written CSV. What survives what:
+
+* A run writes into a staging folder, ``seed=<S>.attempt/``, beside the seed's folder,
+  and is swapped in whole (one atomic rename exchange on Linux) when it completes: a
+  run that fails, is interrupted or killed never touches the last completed result of
+  its seed, and its attempt folder (run.json, executed notebook, checkpoints) stays for
+  inspection; the next run of the seed resumes from it.
+* ``run.json`` records each table's row count and SHA-256 (``tables``); the loaders
+  refuse a table that does not match, naming it and the fix.
+* A per-seed lock (``.seed=<S>.lock``: pid, host, start time, held with ``flock``):
+  a second run of a running seed stops with the other's pid; the lock of a killed run
+  is released by the kernel and reported as stale, and its attempt recorded ``killed``.
+
+``run.json`` says ``"status": "running"`` until :meth:`Run.finish`; loaders read only
+completed seed folders and warn about every unfinished attempt, naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as _dt
+import errno
+import hashlib
 import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,23 +50,37 @@ import pandas as pd
 
 from .runtime import resolve_device
 
+try:
+    import fcntl
+except ImportError:  # Windows: no per-seed lock
+    fcntl = None
+
 __all__ = [
+    "ATTEMPT_SUFFIX",
+    "CorruptResultError",
     "Run",
+    "SeedBusyError",
+    "acquire_lock",
     "atomic_write",
     "atomic_write_csv",
     "atomic_write_json",
     "load_table",
     "load_tables",
     "mark_run",
+    "prepare_attempt",
+    "publish",
     "read_run",
+    "run_problem",
     "results_root",
     "run_dir",
     "seed_dirs",
+    "verify_tables",
 ]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "killed")
+ATTEMPT_SUFFIX = ".attempt"  # seed=<S>.attempt/: the run in progress, or the last one that did not complete
 _VERSIONED = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "seaborn", "scikit-learn", "papermill")
 
 
@@ -160,13 +190,41 @@ def _device_name(device: Any) -> str | None:
     return f"{name} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)" if name == "cpu" else name
 
 
-def read_run(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``run.json`` of a seed folder, or None if it is missing or unreadable."""
-    path = Path(folder) / "run.json"
+class CorruptResultError(ValueError):
+    """A result file does not match what its run recorded (or cannot be read); the
+    message names the file and the fix."""
+
+
+class SeedBusyError(RuntimeError):
+    """Another live process is running this seed; the message names it."""
+
+
+def _read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(the object, None)``, or ``(None, why it cannot be used)``."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"no {path.name}"
+    except OSError as error:
+        return None, f"{path.name} cannot be read ({error.strerror or error})"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, f"{path.name} is not valid JSON (truncated, or binary garbage)"
+    if not isinstance(obj, dict):
+        return None, f"{path.name} holds a JSON {type(obj).__name__}, not an object"
+    return obj, None
+
+
+def read_run(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``run.json`` of a seed folder, or None if it is missing or unusable (not
+    readable, not JSON, not an object: :func:`run_problem` says which)."""
+    return _read_json_object(Path(folder) / "run.json")[0]
+
+
+def run_problem(folder: str | os.PathLike) -> str | None:
+    """Why the ``run.json`` of ``folder`` cannot be used, or None when it can."""
+    return _read_json_object(Path(folder) / "run.json")[1]
 
 
 def mark_run(folder: str | os.PathLike, status: str, error: str | None = None) -> None:
@@ -179,9 +237,286 @@ def mark_run(folder: str | os.PathLike, status: str, error: str | None = None) -
     meta.update(status=status, finished=_now())
     if error:
         meta["error"] = error
-    if meta.get("started_unix") is not None:
+    if isinstance(meta.get("started_unix"), (int, float)):
         meta["duration_s"] = round(_dt.datetime.now().timestamp() - meta["started_unix"], 3)
     atomic_write_json(meta, Path(folder) / "run.json")
+
+
+# --------------------------------------------------------------------------- the seed lock
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (clock ticks since boot; Linux), so that a
+    recycled pid is not mistaken for the run that held a lock."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_alive(info: Mapping[str, Any] | None) -> bool:
+    """Whether the process recorded in a lock (``pid``, ``host``, ``process_start``) still runs."""
+    if not info or not isinstance(info.get("pid"), int):
+        return False
+    if info.get("host") not in (None, socket.gethostname()):
+        return True  # another machine's process: cannot tell, assume it runs
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    start = _process_start(info["pid"])
+    return start is None or info.get("process_start") in (None, start)
+
+
+def _lock_holder(path: Path) -> dict[str, Any] | None:
+    return _read_json_object(path)[0]
+
+
+def _describe_holder(info: Mapping[str, Any] | None) -> str:
+    if not info:
+        return "another process"
+    return f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started')})"
+
+
+class SeedLock:
+    """The per-seed lock of a run folder (see the module docstring); release it with
+    :meth:`release` or use it as a context manager. ``stale`` is what a killed run had
+    left in the lock file (None when the lock was free and clean)."""
+
+    def __init__(self, path: Path, fd: int | None, stale: dict[str, Any] | None):
+        self.path, self.fd, self.stale = path, fd, stale
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        _HELD.pop(str(self.path), None)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "SeedLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_HELD: dict[str, SeedLock] = {}
+
+
+def acquire_lock(final: str | os.PathLike, *, what: str = "this seed") -> SeedLock:
+    """Lock the seed folder ``final`` for this process, or raise :class:`SeedBusyError`
+    naming the live process that holds it. A lock left by a killed run is cleared (and
+    returned in ``stale``); taking a lock this process already holds takes it over (a
+    notebook's cells run again in the same kernel)."""
+    final = Path(final)
+    path = lock_path(final)
+    if str(path) in _HELD:
+        _HELD[str(path)].release()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "process_start": _process_start(os.getpid())}
+    if fcntl is None:
+        return SeedLock(path, None, None)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _lock_holder(path)
+            raise SeedBusyError(
+                f"{what} is already being run by {_describe_holder(holder)} (lock {path}): wait for it to end, "
+                f"or stop it{' (kill ' + str(holder['pid']) + ')' if holder and holder.get('pid') else ''} and run again"
+            ) from None
+        except OSError:
+            os.close(fd)  # a filesystem without flock: no lock rather than no run
+            return SeedLock(path, None, None)
+        try:  # the file may have been unlinked by its previous holder between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    stale = _lock_holder(path)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    lock = SeedLock(path, fd, stale if stale and stale.get("pid") != os.getpid() else None)
+    _HELD[str(path)] = lock
+    return lock
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+def attempt_dir(final: str | os.PathLike) -> Path:
+    final = Path(final)
+    return final.with_name(final.name + ATTEMPT_SUFFIX)
+
+
+def is_attempt(folder: str | os.PathLike) -> bool:
+    return Path(folder).name.endswith(ATTEMPT_SUFFIX)
+
+
+def _final_of(attempt: Path) -> Path:
+    return attempt.with_name(attempt.name[: -len(ATTEMPT_SUFFIX)])
+
+
+def attempt_status(attempt: Path) -> str:
+    """The status of an attempt folder; ``killed`` for one still marked running whose
+    process holds no lock."""
+    meta = read_run(attempt)
+    if meta is None:
+        return run_problem(attempt) or "unreadable"
+    status = str(meta.get("status"))
+    if status == "running" and not holder_alive(_lock_holder(lock_path(_final_of(attempt)))):
+        return "killed"
+    return status
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link every file of ``source`` into ``target`` (copy where links do not work).
+    Checkpoints are replaced by rename, never rewritten in place, so a link is never changed
+    through the other name."""
+    if not source.is_dir():
+        return
+    for path in source.rglob("*"):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+
+
+def prepare_attempt(final: str | os.PathLike) -> Path:
+    """The staging folder of the next run of the seed folder ``final`` (hold its lock):
+
+    * an unfinished attempt is reused, so the run resumes from its checkpoints; one still
+      marked ``running`` is marked ``killed`` (its process holds no lock);
+    * otherwise a new one, with the completed run's checkpoints linked in (a re-run with
+      the same parameters trains nothing again; with others, the checkpoints say so).
+
+    Leftovers of a swap that was itself cut short are cleaned up first.
+    """
+    final = Path(final)
+    attempt = attempt_dir(final)
+    replaced = final.with_name(f".{final.name}.replaced")
+    meta = read_run(attempt)
+    if attempt.is_dir() and meta is not None and meta.get("status") == "completed":
+        if final.exists():
+            shutil.rmtree(attempt)  # the previous run, after an exchange cut short before its removal
+        else:
+            os.rename(attempt, final)  # a completed run whose swap was cut short: finish it
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    if attempt.is_dir():
+        if meta is not None and meta.get("status") == "running":
+            mark_run(attempt, "interrupted" if meta.get("pid") == os.getpid() else "killed",
+                     "the process ended without recording why (killed: SIGKILL, out of memory, power loss?)")  # fmt: skip
+        return attempt
+    attempt.mkdir(parents=True)
+    _link_tree(final / "checkpoints", attempt / "checkpoints")
+    return attempt
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def publish(attempt: str | os.PathLike, final: str | os.PathLike | None = None) -> Path:
+    """Swap a completed attempt in as the seed's result (hold the seed's lock); its tables
+    are verified first. The previous result is replaced in one step, so a reader sees the
+    old run or the new one, whole."""
+    attempt = Path(attempt)
+    final = Path(final) if final is not None else _final_of(attempt)
+    verify_tables(attempt)
+    if not final.exists():
+        os.rename(attempt, final)
+    elif _exchange(attempt, final):
+        shutil.rmtree(attempt)  # now the previous run
+    else:
+        replaced = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+        os.rename(attempt, final)
+        shutil.rmtree(replaced)
+    return final
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rerun_hint(meta: Mapping[str, Any] | None) -> str:
+    if not meta or not meta.get("figure"):
+        return "re-run this seed"
+    return (f"re-run the seed (python -m nfstudy run {meta['figure']} --profile {meta.get('profile')} "
+            f"--seed {meta.get('seed')})")  # fmt: skip
+
+
+def verify_tables(folder: str | os.PathLike, names: Iterable[str] | None = None) -> None:
+    """Check the tables of a run folder against the row counts and SHA-256 in its
+    ``run.json`` (all recorded tables, or those ``names``, without ``.csv``); raise
+    :class:`CorruptResultError` naming the first that does not match and the fix. A run
+    written before tables were recorded is not checked."""
+    folder = Path(folder)
+    meta, problem = _read_json_object(folder / "run.json")
+    if meta is None:
+        raise CorruptResultError(f"{folder / 'run.json'}: {problem}; {_rerun_hint(None)} or delete {folder}")
+    recorded = meta.get("tables")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise CorruptResultError(f"{folder / 'run.json'}: its 'tables' entry is damaged; {_rerun_hint(meta)}")
+    wanted = recorded if names is None else [f"{n}.csv" for n in names]
+    for file in wanted:
+        path = folder / file
+        entry = recorded.get(file)
+        if not isinstance(entry, dict):
+            raise CorruptResultError(
+                f"{path} was not written by the run recorded in {folder / 'run.json'}; delete it or {_rerun_hint(meta)}"
+            )
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptResultError(f"{path} is missing (its run.json lists it); restore it or {_rerun_hint(meta)}") from None
+        if _sha256(data) != entry.get("sha256"):
+            rows = max(data.count(b"\n") - 1, 0)
+            raise CorruptResultError(
+                f"{path} does not match its run.json ({entry.get('rows')} rows recorded, {rows} found; checksum differs): "
+                f"it was truncated or changed after the run. Restore it or {_rerun_hint(meta)}"
+            )
 
 
 def _torch_threads() -> int | None:
@@ -194,30 +529,32 @@ def _torch_threads() -> int | None:
 
 
 def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
-    """The attempts recorded in an unfinished ``run.json`` (interrupted, failed, or still
-    marked running after a kill), so that a resumed run keeps what came before it; nothing
-    after a completed run, which a new run replaces."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    if not isinstance(old, dict) or old.get("status") == "completed":
+    """The attempts recorded in an unfinished ``run.json`` (interrupted, failed, or
+    killed), so that a resumed run keeps what came before it; nothing after a completed run."""
+    old, _ = _read_json_object(path)
+    if old is None or old.get("status") == "completed":
         return []
     attempt = {k: old.get(k) for k in ("started", "finished", "status", "error", "duration_s", "pid")}
-    return [*old.get("earlier_attempts", []), attempt]
+    earlier = old.get("earlier_attempts")
+    return [*(earlier if isinstance(earlier, list) else []), attempt]
 
 
 class Run:
     """One (figure, profile, seed) run: its folder, ``run.json`` and atomic writers.
 
-    ``Run.start(...)`` writes ``run.json`` with ``status: running``; :meth:`finish` marks
-    it ``completed``. As a context manager, an exception marks it ``failed`` (or
-    ``interrupted`` on Ctrl-C) and propagates.
+    ``Run.start(...)`` takes the seed's lock, writes ``run.json`` with ``status: running``
+    in the seed's attempt folder (:attr:`dir`); :meth:`finish` marks it ``completed`` and
+    swaps it in as the seed's folder (then :attr:`dir` is that folder). Given an attempt
+    folder (``folder=".../seed=0.attempt"``, as ``python -m nfstudy run`` does), the caller
+    holds the lock and swaps it in. As a context manager, an exception marks the run
+    ``failed`` (or ``interrupted`` on Ctrl-C) and propagates.
     """
 
-    def __init__(self, folder: Path, meta: dict[str, Any]):
+    def __init__(self, folder: Path, meta: dict[str, Any], final: Path | None = None, lock: SeedLock | None = None):
         self.dir = Path(folder)
         self.meta = meta
+        self.final = final
+        self._lock = lock
 
     @classmethod
     def start(
@@ -232,9 +569,18 @@ class Run:
         root: str | os.PathLike | None = None,
         folder: str | os.PathLike | None = None,
     ) -> "Run":
-        folder = Path(folder) if folder else run_dir(figure, profile, seed, root)
-        folder.mkdir(parents=True, exist_ok=True)
-        earlier = _earlier_attempts(folder / "run.json")
+        target = Path(folder) if folder else run_dir(figure, profile, seed, root)
+        if is_attempt(target):  # the caller holds the lock and publishes
+            final, lock, attempt = None, None, target
+            attempt.mkdir(parents=True, exist_ok=True)
+        else:
+            final, lock = target, acquire_lock(target, what=f"{figure} seed {seed} ({profile})")
+            try:
+                attempt = prepare_attempt(target)
+            except BaseException:
+                lock.release()
+                raise
+        earlier = _earlier_attempts(attempt / "run.json")
         now = _dt.datetime.now()
         meta = {
             "figure": figure,
@@ -254,15 +600,25 @@ class Run:
             "command": os.environ.get("NFSTUDY_COMMAND") or " ".join(sys.argv),
             "git": _git(),
             "versions": _versions(),
+            "tables": {},  # file -> {"rows", "sha256"}: what the loaders check
         }
-        if earlier:  # an interrupted or failed run of the same folder, resumed from its checkpoints
+        if earlier:  # an interrupted, failed or killed run of the same seed, resumed from its checkpoints
             meta["earlier_attempts"] = earlier
-        run = cls(folder, meta)
-        run._write_meta()
+        run = cls(attempt, meta, final, lock)
+        try:
+            run._write_meta()
+        except BaseException:
+            run._release()
+            raise
         return run
 
     def _write_meta(self) -> None:
         atomic_write_json(self.meta, self.dir / "run.json")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def figure(self) -> str:
@@ -273,11 +629,17 @@ class Run:
         return self.meta["seed"]
 
     def save_table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
-        """Write ``<name>.csv`` (tidy, with a leading ``seed`` column); returns what was written."""
+        """Write ``<name>.csv`` (tidy, with a leading ``seed`` column) and record its rows
+        and checksum in ``run.json``; returns what was written."""
         if "seed" not in df.columns:
             df = df.copy()
             df.insert(0, "seed", self.seed)
-        atomic_write_csv(df, self.dir / f"{name}.csv")
+        buffer = io.StringIO()
+        df.to_csv(buffer, index=False)
+        data = buffer.getvalue().encode()
+        atomic_write(self.dir / f"{name}.csv", data)
+        self.meta.setdefault("tables", {})[f"{name}.csv"] = {"rows": len(df), "sha256": _sha256(data)}
+        self._write_meta()
         return df
 
     def save_tables(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -291,16 +653,25 @@ class Run:
         return atomic_save_figure(fig, self.dir / f"{name or self.figure}.png")
 
     def finish(self, status: str = "completed", error: str | None = None) -> None:
+        """Record the end of the run; a completed run is verified and swapped in as the
+        seed's folder (when this Run holds the lock), and :attr:`dir` then names it."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
-        self.meta.update(
-            status=status,
-            finished=_now(),
-            duration_s=round(_dt.datetime.now().timestamp() - self.meta["started_unix"], 3),
-        )
-        if error:
-            self.meta["error"] = error
-        self._write_meta()
+        try:
+            if status == "completed":
+                verify_tables(self.dir)  # what was written is what is recorded, before it is called completed
+            self.meta.update(
+                status=status,
+                finished=_now(),
+                duration_s=round(_dt.datetime.now().timestamp() - self.meta["started_unix"], 3),
+            )
+            if error:
+                self.meta["error"] = error
+            self._write_meta()
+            if status == "completed" and self.final is not None:
+                self.dir = publish(self.dir, self.final)
+        finally:
+            self._release()
 
     def __enter__(self) -> "Run":
         return self
@@ -309,6 +680,8 @@ class Run:
         if exc_type is None:
             if self.meta["status"] == "running":
                 self.finish()
+        elif self.meta["status"] != "running":
+            self._release()
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("interrupted", "KeyboardInterrupt")
         else:
@@ -318,29 +691,43 @@ class Run:
 # --------------------------------------------------------------------------- loading back
 
 
+def _seed_key(p: Path):
+    try:
+        return (0, int(p.name.split("=", 1)[1].removesuffix(ATTEMPT_SUFFIX)))
+    except ValueError:
+        return (1, p.name)
+
+
 def seed_dirs(
     figure: str, profile: str, root: str | os.PathLike | None = None, completed_only: bool = True
 ) -> list[Path]:
-    """Seed folders of a figure and profile, in seed order; with ``completed_only``,
-    folders whose run did not complete are skipped with a warning naming them."""
+    """Seed folders of a figure and profile, in seed order. With ``completed_only``,
+    folders whose run did not complete are skipped with a warning naming them, and every
+    unfinished attempt (``seed=<S>.attempt``) is named in a warning too."""
     base = Path(root or results_root()) / figure / profile
-    folders = [p for p in base.glob("seed=*") if p.is_dir()]
-
-    def seed_of(p: Path):
-        try:
-            return (0, int(p.name.split("=", 1)[1]))
-        except ValueError:
-            return (1, p.name)
-
+    folders = [p for p in base.glob("seed=*") if p.is_dir() and not is_attempt(p)]
     kept = []
-    for folder in sorted(folders, key=seed_of):
-        meta = read_run(folder)
-        status = meta.get("status") if meta else "missing run.json"
+    for folder in sorted(folders, key=_seed_key):
+        meta, problem = _read_json_object(folder / "run.json")
+        status = meta.get("status") if meta else problem
         if completed_only and status != "completed":
             warnings.warn(f"skipping {folder}: run status is {status!r}, not 'completed'", stacklevel=2)
             continue
         kept.append(folder)
+    if completed_only:
+        for attempt in sorted((p for p in base.glob("seed=*") if p.is_dir() and is_attempt(p)), key=_seed_key):
+            status = attempt_status(attempt)
+            final = _final_of(attempt)
+            using = f"the completed run in {final.name} is used" if final in kept else "this seed has no completed run"
+            warnings.warn(f"{attempt}: an attempt at {final.name} is {status!r} ({using}); kept for inspection", stacklevel=2)
     return kept
+
+
+def _no_runs(figure: str, profile: str, root: str | os.PathLike | None) -> FileNotFoundError:
+    where = Path(root or results_root()) / figure / profile
+    return FileNotFoundError(
+        f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first"
+    )
 
 
 def load_table(
@@ -350,7 +737,8 @@ def load_table(
     root: str | os.PathLike | None = None,
     seeds: Iterable[int] | None = None,
 ) -> pd.DataFrame:
-    """One table of a figure over every completed seed, as a single DataFrame.
+    """One table of a figure over every completed seed, as a single DataFrame; every
+    seed's file is checked against its ``run.json`` (:func:`verify_tables`).
 
     >>> df = load_table("fig2", "gradient_summary", profile="quick")   # doctest: +SKIP
     """
@@ -358,17 +746,18 @@ def load_table(
     frames = []
     for folder in seed_dirs(figure, profile, root):
         path = folder / f"{table}.csv"
-        if wanted is not None and int(folder.name.split("=", 1)[1]) not in wanted:
+        if wanted is not None and _seed_key(folder)[1] not in wanted:
             continue
         if not path.is_file():
             available = sorted(p.stem for p in folder.glob("*.csv"))
             raise FileNotFoundError(f"{path} does not exist; tables of this run: {', '.join(available)}")
-        frames.append(pd.read_csv(path))
+        verify_tables(folder, [table])
+        try:
+            frames.append(pd.read_csv(path))
+        except (ValueError, UnicodeDecodeError) as error:  # a run written before tables were recorded
+            raise CorruptResultError(f"{path} cannot be read as a table ({error}); {_rerun_hint(read_run(folder))}") from None
     if not frames:
-        where = Path(root or results_root()) / figure / profile
-        raise FileNotFoundError(
-            f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first"
-        )
+        raise _no_runs(figure, profile, root)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -376,11 +765,10 @@ def load_tables(
     figure: str, profile: str = "paper", root: str | os.PathLike | None = None, exclude: Iterable[str] = ("claims",)
 ) -> dict[str, pd.DataFrame]:
     """Every table of a figure over all completed seeds: ``{table name: DataFrame}``."""
-    folders = seed_dirs(figure, profile, root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_table names each skipped run once
+        folders = seed_dirs(figure, profile, root)
     if not folders:
-        where = Path(root or results_root()) / figure / profile
-        raise FileNotFoundError(
-            f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first"
-        )
+        raise _no_runs(figure, profile, root)
     names = sorted({p.stem for folder in folders for p in folder.glob("*.csv")} - set(exclude))
     return {name: load_table(figure, name, profile, root) for name in names}

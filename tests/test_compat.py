@@ -46,3 +46,19 @@ def test_compiled_ops_missing_raise_torchvisions_own_error():
         assert "Couldn't load custom C++ ops" in str(error)
     else:
         raise AssertionError("nms ran without its compiled op")
+
+
+@pytest.mark.parametrize("first", ["import nfstudy", "import nfstudy.data", "from nfstudy import claims"])
+def test_importing_nfstudy_is_enough_for_timm_and_torchvision(first):
+    # The promise of nfstudy.compat: any import of nfstudy before timm (which imports
+    # torchvision) works on a CPU torch beside a CUDA torchvision, with no explicit call.
+    code = (
+        f"import warnings; warnings.simplefilter('ignore'); {first}; import sys;"
+        "assert 'torchvision' not in sys.modules;"  # nothing imported until asked for
+        "import timm, torchvision, torchvision.transforms;"
+        "assert timm.create_model('resnet18', num_classes=3) is not None;"
+        "assert torchvision.__spec__.name == 'torchvision' and torchvision.__spec__.origin.endswith('__init__.py');"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

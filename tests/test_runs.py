@@ -63,7 +63,8 @@ def test_a_resumed_run_keeps_its_earlier_attempts_and_a_new_one_after_completion
     with pytest.raises(KeyboardInterrupt):
         with runs.Run.start("figx", "quick", 0):
             raise KeyboardInterrupt
-    first = runs.read_run(results_root / "figx" / "quick" / "seed=0")
+    first = runs.read_run(results_root / "figx" / "quick" / "seed=0.attempt")  # never swapped in
+    assert not (results_root / "figx" / "quick" / "seed=0").exists()
     with runs.Run.start("figx", "quick", 0) as again:
         pass
     meta = runs.read_run(again.dir)
