@@ -141,7 +141,7 @@ def normalize(per_seed: pd.DataFrame) -> pd.DataFrame:
         out["note"] = ""
     if "outcome" not in out:
         out["outcome"] = out["passed"].map(lambda p: "passed" if p is True or str(p) == "True" else "failed")  # NaN never passes
-    out["note"] = out["note"].fillna("").astype(str)
+    out["note"] = [n if isinstance(n, str) else "" for n in out["note"]]  # an empty note reads back as NaN
     out["outcome"] = out["outcome"].where(out["outcome"].isin(OUTCOMES), "failed")  # a damaged row never passes
     if "value" in out:  # nor does a NaN value (a cut or edited row)
         out.loc[(out["outcome"] == "passed") & pd.to_numeric(out["value"], errors="coerce").isna(), "outcome"] = "failed"
