@@ -150,3 +150,16 @@ def test_papermill_run_writes_every_contract_file(results_root):
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
     assert len(pd.read_csv(folder / "claims.csv")) == 4
     assert (results_root / "fig6" / "quick" / "fig6.png").stat().st_size > 10_000
+
+
+def test_the_headline_heatmap_shows_the_median_network_on_the_papers_scale():
+    import matplotlib.pyplot as plt
+
+    fig = figures.load("fig6").plot(_tables({"bn": [0.1, 1.0, 0.95, 0.2, 0.3], "none": [1.0] * 5}))
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "image (sorted by label)\nseed 0, network 4" in labels  # BN: 0.1 0.2 [0.3] 0.95 1.0, not the collapsed network 1
+    assert "image (sorted by label)\nseed 0, network 2" in labels  # no BN: all tied, the lower median
+    image = next(ax for ax in fig.axes if ax.get_ylabel().endswith("network 4")).images[0]
+    assert image.get_clim() == pytest.approx((-0.5 / 128, 0.5 / 128))  # +-0.0039: the paper's +-0.004 at batch 128
+    assert np.nanmin(image.get_array()) == pytest.approx(-1 / 128)  # the gradient of the batch-mean loss
+    plt.close(fig)

@@ -110,7 +110,7 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.set_xlabel("layer depth (weight layers from the input)")
         ax.set_title(label)
         ax.legend(fontsize=8, loc="upper left")
-    axes[0][0].set_ylabel("magnitude (log scale)")
+    axes[0][0].set_ylabel("magnitude (log scale)\nthe paper's \"log magnitude\" is its ln")
     layers = sorted(table["depth"].unique())
     for ax in axes[0]:
         ax.set_xticks(layers)

@@ -64,6 +64,16 @@ def representative_network(summary: pd.DataFrame, series: str) -> tuple[int | No
     return (int(row["seed"]) if "seed" in rows else None), int(row["network"])
 
 
+def _of_network(df: pd.DataFrame, series: str, seed: int | None, network: int | None = None) -> pd.DataFrame:
+    """The rows of ``series`` (of ``seed`` unless None, of ``network`` unless None)."""
+    keep = df["series"] == series
+    if seed is not None:
+        keep &= df["seed"] == seed
+    if network is not None:
+        keep &= df["network"] == network
+    return df[keep]
+
+
 def _colour_limit(batch_size: int) -> float:
     return 0.5 / batch_size  # see PAPER_COLOUR_SCALE
 
@@ -106,9 +116,8 @@ def plot(tables: dict[str, pd.DataFrame]):
     batch_size = 1
     for series in order:
         seed, network = representative_network(summary, series)
-        b = grads[(grads["series"] == series) & (grads["seed"] == seed) & (grads["network"] == network)]
-        s = summary[(summary["series"] == series) & (summary["seed"] == seed) & (summary["network"] == network)]
-        s = s[s["scope"] == "batch"].iloc[0]
+        b = _of_network(grads, series, seed, network)
+        s = _of_network(summary[summary["scope"] == "batch"], series, seed, network).iloc[0]
         batch_size = int(s["n_images"])
         ax = axes[f"batch:{series}"]
         image = _batch_heatmap(ax, b)
@@ -122,7 +131,7 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.grid(False)
         ax.set_ylabel(f"image (sorted by label)\nseed {seed}, network {network}", fontsize=8)
         if epoch is not None and len(epoch):
-            e = epoch[(epoch["series"] == series) & (epoch["seed"] == seed)]
+            e = _of_network(epoch, series, seed)
             ax = axes[f"epoch:{series}"]
             if not len(e):
                 ax.set_axis_off()
