@@ -9,8 +9,9 @@ BatchNorm removed) and the NF-ResNet.
 The paper shows one network and one mini-batch; the public reproduction found that a
 rerun sometimes shows two or three bright columns and averaged over an epoch. We do
 both, and more: ``networks`` independent initialisations each see the same mini-batch
-(the heatmap shows network 0, the claims use all of them), and network 0 also sees
-every image of one epoch of ``epoch_split`` (un-augmented, the last batch possibly
+(the claims use all of them, the heatmap shows the median network by its dominant-class
+share, :func:`nfstudy.figures.fig6.representative_network`), and that median network
+of each series also sees every image of one epoch of ``epoch_split`` (un-augmented, the last batch possibly
 smaller; BatchNorm normalises each batch on its own). The epoch average is taken per true
 class (rows: the images' label, columns: the logit), because an average by position in
 the batch mixes a different random image into each row every batch and converges to
@@ -31,6 +32,7 @@ import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
+from nfstudy.figures.fig6 import representative_network
 from nfstudy.params import check_choice
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
@@ -44,9 +46,9 @@ FIGURE = "fig6"
 class Params:
     dataset: str = "cifar10"
     depth: int = 110  # ResNet depth, 6n+2
-    networks: int = 10  # independent initialisations per series (the heatmap shows network 0)
+    networks: int = 10  # independent initialisations per series (the heatmap shows the median one)
     batch_size: int = 128  # the heatmap's rows
-    epoch: bool = True  # also average network 0's logit gradients over one epoch
+    epoch: bool = True  # also average the median network's logit gradients over one epoch
     epoch_split: str = "train"  # the split that epoch runs over
     init: str = "kaiming_fan_out"  # torchvision's ResNet default
     series: tuple[str, ...] = ("bn", "none", "nf")
@@ -132,11 +134,16 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
             batch_rows.append(_gradient_rows(g, series=series, network=network))
             summary.append(_summary(g, series=series, network=network, scope="batch"))
             bar.update()
-            if params.epoch and network == 0:
-                e = epoch_logit_gradients(model, epoch_loader.epoch_batches(0))
-                epoch_rows.append(_class_means(e, data.num_classes, series=series, network=network))
-                summary.append(_summary(e, series=series, network=network, scope="epoch"))
-                bar.update()
+    if params.epoch:
+        batch_summary = pd.DataFrame(summary)
+        for series in params.series:
+            _, network = representative_network(batch_summary, series)
+            torch.manual_seed(derived_seed(seed, network))  # the same weights as in its batch
+            model = make_resnet(params, series, data.num_classes).to(device)
+            e = epoch_logit_gradients(model, epoch_loader.epoch_batches(0))
+            epoch_rows.append(_class_means(e, data.num_classes, series=series, network=network))
+            summary.append(_summary(e, series=series, network=network, scope="epoch"))
+            bar.update()
     bar.close()
     tables = {
         "logit_gradients": pd.concat(batch_rows, ignore_index=True),
