@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from nfstudy.data import DATASETS
-from nfstudy.models import INITS, NORMS, cifar_resnet
+from nfstudy.models import INITS, NF_NORMS, NORMS, cifar_resnet
 from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
 
 
@@ -21,7 +21,7 @@ def make_resnet(params, norm: str, num_classes: int):
     """``cifar_resnet(params.depth, norm, params.init)``; an NF network gets the figure's
     ``nf_skip_gain_init`` where the figure has one (the model's default otherwise)."""
     gain = getattr(params, "nf_skip_gain_init", None)
-    extra = {"skip_gain_init": gain} if norm == "nf" and gain is not None else {}
+    extra = {"skip_gain_init": gain} if norm in NF_NORMS and gain is not None else {}
     return cifar_resnet(params.depth, norm, params.init, num_classes=num_classes, **extra)
 
 

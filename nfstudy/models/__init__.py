@@ -1,8 +1,8 @@
-"""Models: CIFAR ResNets with norm = bn | none | ws | nf, NF layers, and surgery."""
+"""Models: CIFAR ResNets with norm = bn | none | ws | nf | nf_no_ws, NF layers, and surgery."""
 
 from .init import INITS, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
-from .resnet import NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
+from .resnet import NF_NORMS, NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
 from .surgery import (
     WeightLayer,
     get_layer,
@@ -15,6 +15,7 @@ from .surgery import (
 __all__ = [
     "ACTIVATION_GAMMA",
     "INITS",
+    "NF_NORMS",
     "NORMS",
     "RELU_GAMMA",
     "BasicBlock",
