@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from nfstudy.data import DATASETS, TRAIN_IMAGES
-from nfstudy.models import DEFAULT_MODEL, INITS, NORMS, build_model, check_model
+from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
 from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
 
 
@@ -26,7 +26,7 @@ def make_resnet(params, norm: str, num_classes: int):
     """``build_model(params.model, params.depth, norm, params.init)``; an NF network gets
     the figure's ``nf_skip_gain_init`` where the figure has one (the model's default otherwise)."""
     gain = getattr(params, "nf_skip_gain_init", None)
-    extra = {"skip_gain_init": gain} if norm == "nf" and gain is not None else {}
+    extra = {"skip_gain_init": gain} if norm in NF_NORMS and gain is not None else {}
     return build_model(model_name(params), params.depth, norm, params.init, num_classes=num_classes, **extra)
 
 

@@ -8,13 +8,14 @@ variance of every output channel over the mini-batch and the spatial positions
 (:func:`nfstudy.probes.channel_moments_along_update`), and the loss on that batch. The
 NF-ResNet gets the same treatment at the same learning rate.
 
-Learning rate: 0.003, the paper's intermediate BN learning rate (Fig. 1), thirty times
-the no-BN network's 1e-4. The first update of the no-BN ResNet-110 diverges there (on
-digits: loss x1e27 at the full step; its relative loss passes 1e3 near 20% of the step)
-while the activations stay within float32 for most of the step, so the heatmaps show
-the blow-up as it happens. At BN's 0.1 the no-BN network's activations overflow float32
-within the first 4% of the update (its gradient norm at initialisation is ~1e4), and the
-heatmaps would be almost all overflow; ``-p lr 0.1`` shows it.
+Which update (the paper states neither the update nor its learning rate): the first
+SGD update from initialisation at lr 1e-3, the smallest step at which the paper shows the
+no-BN network diverging by its own criterion: in its Fig. 3 every no-BN relative-loss
+curve passes 10^3 (a loss above 10^3 x the loss before counts as divergence) at step
+sizes above ~1e-3 (PAPERS.md section D). The rule comes from that text, not from the
+Fig. 4 magnitudes; ``-p lr 0.1`` gives the first step at BN's learning rate, where Fig. 1
+says the no-BN network diverges (with the inits here its activations then overflow
+float32 early in the update, and the heatmaps are mostly overflow).
 
 Initialisation ``xavier_uniform`` and ``nf_skip_gain_init = 1``, as for Figure 3 (see
 experiments/fig3.py): with SkipInit's 0 the NF-ResNet's residual-branch weights get no
@@ -48,7 +49,7 @@ class Params:
     batch_size: int = 128
     init: str = "xavier_uniform"  # see experiments/fig3.py
     series: tuple[str, ...] = ("none", "nf")
-    lr: float = 0.003  # a learning rate at which the no-BN network diverges (module docstring)
+    lr: float = 1e-3  # the paper's smallest diverging no-BN step (Fig. 3; module docstring)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     update: int = 0  # which update: 0 = the first, from initialisation

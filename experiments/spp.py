@@ -5,14 +5,21 @@ at the stem (the input of the first block, block 0) and at every residual block'
 output: the *average channel squared mean* ``mean_C(mean_NHW(x)^2)``, the *average
 channel variance* ``mean_C(var_NHW(x))`` and the *residual-branch variance*
 ``mean_C(var_NHW(f_i))``, the branch's output before it is scaled (NF: before alpha and
-the skip gain) and added to the shortcut. Series: BN, no BN (same conv weights), and
-the NF-ResNet; inputs: a unit-Gaussian batch and a batch of real images.
+the skip gain) and added to the shortcut, with the branch's squared mean
+``branch_avg_channel_sq_mean``. Series: BN, no BN (same conv weights), the NF-ResNet and
+the NF paper's decisive control (its Fig. 2), the same NF-ResNet *without* Scaled WS
+(``nf_no_ws``: plain convs with He init, see :mod:`nfstudy.models.resnet`), which
+shows the mean shift Scaled WS removes; inputs: a unit-Gaussian batch and a batch of
+real images.
 
 Our BN and no-BN networks are He et al.'s CIFAR ResNets: *post*-activation blocks
 ``relu(x + f(x))``, so their block outputs are ReLU outputs (a positive mean by
 construction), where the NF paper plots pre-activation ResNets.
 
-For the NF series we also record the analytic variance the NF-ResNet is built on:
+The control is initialised with ``nf_no_ws_init`` (He init, ``kaiming_fan_in``, as the
+NF paper states for its Fig. 2), whatever ``init`` the other series use.
+
+For the NF series (both) we also record the analytic variance the NF-ResNet is built on:
 ``Var(h_{i+1}) = Var(h_i) + (alpha g)^2`` from the stem's 1, reset to ``1 + (alpha g)^2``
 by each stage's transition block (``g`` the skip gain), as statistic ``expected_var``.
 The NF series uses ``nf_skip_gain_init = 1``: with SkipInit's zero gain the branches
@@ -22,13 +29,13 @@ construction); the NF paper's plots show the variance growing as ``alpha^2`` per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
-from nfstudy.models import NFBlock
+from nfstudy.models import INITS, NF_NORMS, NFBlock
 from nfstudy.params import check_choice
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
@@ -37,7 +44,7 @@ from ._common import check_network_params, make_resnet
 
 FIGURE = "spp"
 INPUTS = ("gaussian", "images")
-STATISTICS = ("avg_channel_sq_mean", "avg_channel_var", "branch_avg_channel_var")
+STATISTICS = ("avg_channel_sq_mean", "avg_channel_var", "branch_avg_channel_sq_mean", "branch_avg_channel_var")
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,14 @@ class Params:
     depth: int = 110  # ResNet depth, 6n+2
     batch_size: int = 128
     init: str = "kaiming_fan_out"  # torchvision's ResNet default
-    series: tuple[str, ...] = ("bn", "none", "nf")
+    series: tuple[str, ...] = ("bn", "none", "nf", "nf_no_ws")
     inputs: tuple[str, ...] = INPUTS  # unit-Gaussian noise and/or real images
     nf_skip_gain_init: float = 1.0  # see the module docstring
+    nf_no_ws_init: str = "kaiming_fan_in"  # the control: Brock, De, Smith 2021a, Fig. 2: He init
 
     def __post_init__(self):
         check_network_params(self)
+        check_choice("nf_no_ws_init", self.nf_no_ws_init, INITS)
         for i in self.inputs:
             check_choice("input", i, INPUTS)
 
@@ -98,11 +107,12 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     bar = progress(total=len(params.series) * len(batches), desc="spp: signal propagation", unit="pass")
     for series in params.series:
         torch.manual_seed(seed)  # every series from the same conv weights
-        model = make_resnet(params, series, num_classes).to(device)
+        network = replace(params, init=params.nf_no_ws_init) if series == "nf_no_ws" else params
+        model = make_resnet(network, series, num_classes).to(device)
         for input_kind in params.inputs:
             stats = activation_statistics(model, batches[input_kind], "blocks")
             stats = stats[stats["statistic"].isin(STATISTICS)]
-            if series == "nf":
+            if series in NF_NORMS:
                 expected = expected_nf_variance(model)
                 points = stats.drop_duplicates("depth")[["depth", "name"]]
                 stats = pd.concat(

@@ -101,7 +101,7 @@ def test_bad_parameters_name_the_fix():
 
     with pytest.raises(ValueError, match=r"learning_rates needs one value per series: 3 series \(bn, none, nf\) but 2"):
         params_for("fig3", "quick", series=["bn", "none", "nf"], learning_rates=[0.1, 1e-4])
-    with pytest.raises(ValueError, match="unknown series 'none\\+clip': choose one of bn, none, ws, nf, bn\\+agc, none\\+agc"):
+    with pytest.raises(ValueError, match="unknown series 'none\\+clip': choose one of bn, none, ws, nf, nf_no_ws, bn\\+agc, none\\+agc"):
         params_for("fig3", "quick", series=["none+clip"], learning_rates=[0.1])
     with pytest.raises(ValueError, match="series repeats an entry: none, none"):
         params_for("fig3", "quick", series=["none", "none"], learning_rates=[0.1, 0.1])

@@ -37,26 +37,71 @@ def test_experiment_tables_at_tiny_size():
     assert (growth != 1.0).all()
 
 
-def _tables(variances_none, relative_none, relative_nf=(1.0, 0.99)):
-    """Two fractions (0, 1), layers 8 and 80, one channel each."""
+def _tables(none_max: dict, relative_none, relative_nf=(1.0, 0.99), none_start: float | None = None, nf_max=None):
+    """Two fractions (0, 1), layers 8, 44, 80, one channel each. ``none_max``: layer ->
+    the no-BN variance after the update (before: ``none_start`` or layer 8's value)."""
+    nf_max = nf_max or {8: 1.0, 44: 1.0, 80: 1.0}
     rows, losses = [], []
-    for series, variances, relative in (("none", variances_none, relative_none), ("nf", [(1.0, 1.0), (1.0, 1.0)], relative_nf)):
-        for layer, (v0, v1) in zip((8, 80), variances):
-            for fraction, v in ((0.0, v0), (1.0, v1)):
-                rows.append({"seed": 0, "series": series, "lr": 0.003, "update": 0, "layer": layer, "layer_name": "x",
+    for series, ends, relative in (("none", none_max, relative_none), ("nf", nf_max, relative_nf)):
+        for layer, v1 in ends.items():
+            v0 = ends[8] if none_start is None or layer == 8 else none_start
+            for fraction, v in ((0.0, min(v0, v1)), (1.0, v1)):
+                rows.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "layer": layer, "layer_name": "x",
                              "fraction": fraction, "channel": 0, "mean": 0.0, "variance": v})
         for fraction, r in zip((0.0, 1.0), relative):
-            losses.append({"seed": 0, "series": series, "lr": 0.003, "update": 0, "fraction": fraction,
-                           "step_size": 0.003 * fraction, "loss": 2 * r, "relative_loss": r, "diverged": r > 1e3})
+            losses.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "fraction": fraction,
+                           "step_size": 1e-3 * fraction, "loss": 2 * r, "relative_loss": r, "diverged": r > 1e3})
     return {"channel_moments": pd.DataFrame(rows), "update_loss": pd.DataFrame(losses)}
 
 
-def test_claims_measure_the_blow_up():
-    found = figures.load("fig4").claims(_tables([(0.2, 2.0), (700.0, 1e16)], (1.0, np.inf)))
-    assert [c.value for c in found] == pytest.approx([np.inf, 1e16 / 2.0, 1e16 / 700.0, 0.99])
-    assert all(c.passed for c in found)
-    calm = figures.load("fig4").claims(_tables([(0.2, 0.3), (700.0, 900.0)], (1.0, 0.9), relative_nf=(1.0, 1e5)))
-    assert [c.passed for c in calm] == [False, True, False, False]  # depth growth at init alone passes only the 2nd
+PAPER_LIKE = {8: 0.8, 44: 3e6, 80: 2e16}  # PAPERS.md section D, within the factor-2 reading
+
+
+def _claims(tables) -> dict:
+    """The claims keyed by what they measure."""
+    keys = {"Without BN this update diverges": "diverges", "During the diverging update the no-BN network's layer-8 ": "layer8",
+            "During the diverging update the no-BN network's layer-44 ": "layer44",
+            "During the diverging update the no-BN network's layer-80 ": "layer80", "The activations blow up with depth": "growth",
+            "The blow-up happens during the update": "during", "(beyond the paper) The NF-ResNet": "nf"}
+    found = {}
+    for c in figures.load("fig4").claims(tables):
+        (key,) = [k for start, k in keys.items() if c.claim.startswith(start)]
+        found[key] = c
+    return found
+
+
+def test_claims_pass_on_the_papers_magnitudes():
+    found = _claims(_tables(PAPER_LIKE, (1.0, np.inf), none_start=10.0))
+    assert set(found) == {"diverges", "layer8", "layer44", "layer80", "growth", "during", "nf"}
+    assert {k: c.value for k, c in found.items()} == pytest.approx(
+        {"diverges": np.inf, "layer8": 0.8, "layer44": 3e6, "layer80": 2e16, "growth": 2e16 / 0.8, "during": 2e15, "nf": 0.99}
+    )
+    assert all(c.passed for c in found.values()), {k: c.value for k, c in found.items() if not c.passed}
+    assert found["nf"].kind == "extension" and {c.kind for k, c in found.items() if k != "nf"} == {"paper"}
+
+
+def test_negative_control_overflow_and_far_magnitudes_fail_the_bands():
+    # Overflow (inf) is not "~5e16"; neither is 1e26 (what lr 0.003 gives) nor 1e9.
+    for deep in (np.inf, 1e26, 1e9):
+        found = _claims(_tables({8: 0.8, 44: deep, 80: deep}, (1.0, np.inf)))
+        for key in ("layer44", "layer80", "growth"):
+            assert not found[key].passed, (deep, key, found[key].value)
+    # A shallow layer that blew up too is not the paper's layer 8 (variances ~0..1).
+    assert not _claims(_tables({8: 1e3, 44: 3e6, 80: 2e16}, (1.0, np.inf)))["layer8"].passed
+
+
+def test_negative_control_no_bn_and_nf_swapped_fail():
+    tables = _tables(PAPER_LIKE, (1.0, np.inf), none_start=10.0)
+    swapped = {name: t.assign(series=t["series"].replace({"none": "nf", "nf": "none"})) for name, t in tables.items()}
+    found = _claims(swapped)
+    for key in ("diverges", "layer44", "layer80", "growth", "during", "nf"):
+        assert not found[key].passed, (key, found[key].value)
+
+
+def test_negative_control_a_calm_update_fails():
+    # The variances at initialisation already grow with depth, but nothing happens during the update.
+    calm = _claims(_tables({8: 0.5, 44: 30.0, 80: 3e3}, (1.0, 0.9), relative_nf=(1.0, 1e5), none_start=3e3))
+    assert [k for k, c in calm.items() if c.passed] == ["layer8"]
 
 
 def test_bad_parameters_name_the_fix():

@@ -1,10 +1,10 @@
-"""Models: CIFAR ResNets with norm = bn | none | ws | nf, NF layers, surgery, and the
-registry of model families a figure can build (:func:`build_model`)."""
+"""Models: CIFAR ResNets with norm = bn | none | ws | nf | nf_no_ws, NF layers, surgery, and
+the registry of model families a figure can build (:func:`build_model`)."""
 
 from .init import INITS, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .registry import DEFAULT_MODEL, MODELS, build_model, check_model
-from .resnet import NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
+from .resnet import NF_NORMS, NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
 from .surgery import (
     WeightLayer,
     get_layer,
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "INITS",
     "MODELS",
+    "NF_NORMS",
     "NORMS",
     "RELU_GAMMA",
     "BasicBlock",

@@ -20,6 +20,13 @@ pooling and a linear classifier. ResNet-20/56/110 are n = 3/9/18.
   each stage, whose shortcut (a 1x1 WS conv where the shape changes) takes the
   pre-activated, scaled input; ``g`` is a learnable skip gain (SkipInit), initialised to
   ``skip_gain_init`` (0 by default). A scaled ReLU precedes pooling.
+* ``"nf_no_ws"``: the control of Brock, De, Smith's Fig. 2: the same NF-ResNet *without*
+  Scaled WS: plain convs (with bias) that keep their initialisation (He init in that
+  figure) and plain ReLUs. Brock et al. write Scaled WS as
+  ``W_hat = gamma * (W - mean) / (std * sqrt(N))``, the nonlinearity's gain ``gamma`` inside
+  the standardisation; removing it leaves the gain to the init (He: ``sqrt(2)`` for a ReLU),
+  so the activations are not rescaled. Its filters have non-zero empirical means, which
+  turn the positive mean of the ReLU into a channel mean shift.
 
 Every variant numbers its main-path weight layers 1..depth the same way (see
 :func:`~nfstudy.models.surgery.weight_layers`), so "layer 55" means the same position in
@@ -41,9 +48,10 @@ from .init import INITS, initialize
 from .layers import RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .surgery import WeightLayer, get_layer, weight_layers
 
-__all__ = ["NORMS", "BasicBlock", "CifarResNet", "NFBlock", "ResNetConfig", "cifar_resnet", "create_model"]
+__all__ = ["NF_NORMS", "NORMS", "BasicBlock", "CifarResNet", "NFBlock", "ResNetConfig", "cifar_resnet", "create_model"]
 
-NORMS = ("bn", "none", "ws", "nf")
+NORMS = ("bn", "none", "ws", "nf", "nf_no_ws")
+NF_NORMS = ("nf", "nf_no_ws")  # the norms built from NFBlocks
 PAPER_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2016, Table 6
 
 
@@ -133,20 +141,25 @@ class NFBlock(nn.Module):
         skip_gain_init: float,
         gamma: float,
         ws_eps: float,
+        ws: bool = True,
     ):
         super().__init__()
         self.alpha = alpha
         self.beta = beta
+
+        def conv(cin, cout, k, **kwargs):  # Scaled WS, or a plain conv (the no-WS control)
+            return ScaledStdConv2d(cin, cout, k, eps=ws_eps, **kwargs) if ws else nn.Conv2d(cin, cout, k, **kwargs)
+
         self.preact = ScaledReLU(gamma)
         self.branch = nn.Sequential(
             OrderedDict(
-                conv1=ScaledStdConv2d(in_channels, out_channels, 3, stride=stride, padding=1, eps=ws_eps),
+                conv1=conv(in_channels, out_channels, 3, stride=stride, padding=1),
                 relu1=ScaledReLU(gamma),
-                conv2=ScaledStdConv2d(out_channels, out_channels, 3, padding=1, eps=ws_eps),
+                conv2=conv(out_channels, out_channels, 3, padding=1),
             )
         )
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = ScaledStdConv2d(in_channels, out_channels, 1, stride=stride, eps=ws_eps)
+            self.shortcut = conv(in_channels, out_channels, 1, stride=stride)
         else:
             self.shortcut = None
         self.skip_gain = nn.Parameter(torch.tensor(float(skip_gain_init)))
@@ -169,11 +182,13 @@ class CifarResNet(nn.Module):
         self.config = config
         c = config
         w1, w2, w3 = c.widths
-        nf = c.norm == "nf"
-        if c.norm in ("nf", "ws"):
+        nf = c.norm in NF_NORMS
+        ws = c.norm in ("nf", "ws")  # Scaled WS convs
+        gamma = c.gamma if ws else 1.0  # without Scaled WS the init carries the ReLU's gain
+        if ws:
             self.conv1 = ScaledStdConv2d(c.in_channels, w1, 3, padding=1, bias=nf, eps=c.ws_eps)
         else:
-            self.conv1 = nn.Conv2d(c.in_channels, w1, 3, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(c.in_channels, w1, 3, padding=1, bias=nf)
         self.bn1 = nn.BatchNorm2d(w1) if c.norm == "bn" else nn.Identity()
         # NF blocks pre-activate their input, so the stem ends at the conv there.
         self.relu = nn.Identity() if nf else nn.ReLU(inplace=True)
@@ -193,8 +208,9 @@ class CifarResNet(nn.Module):
                             alpha=c.alpha,
                             beta=expected_var**0.5,
                             skip_gain_init=c.skip_gain_init,
-                            gamma=c.gamma,
+                            gamma=gamma,
                             ws_eps=c.ws_eps,
+                            ws=ws,
                         )
                     )
                     if index == 0:
@@ -204,7 +220,7 @@ class CifarResNet(nn.Module):
                     blocks.append(BasicBlock(in_channels, width, s, c.norm, c.ws_eps))
                 in_channels = width
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
-        self.final_act = ScaledReLU(c.gamma) if nf else nn.Identity()
+        self.final_act = ScaledReLU(gamma) if nf else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, c.num_classes)
         initialize(self, c.init)
