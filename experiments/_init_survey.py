@@ -209,6 +209,13 @@ def fig6_rows(init: str, s: Survey, device) -> list[dict]:
     return rows
 
 
+def _last_finite_fraction(x: pd.DataFrame) -> float:
+    """The largest fraction of the update up to which every channel's variance is finite."""
+    finite = x.assign(ok=np.isfinite(x["variance"].to_numpy())).groupby("fraction")["ok"].all().sort_index()
+    bad = finite[~finite]
+    return float(finite.index[-1]) if bad.empty else float(finite[finite.index < bad.index[0]].index.max())
+
+
 def fig4_rows(init: str, s: Survey, device) -> list[dict]:
     """At the figure's learning rate (the ranked rows) and at ``fig4_extra_lrs``."""
     from experiments import fig4
@@ -230,7 +237,12 @@ def fig4_rows(init: str, s: Survey, device) -> list[dict]:
                 _row(init, "none", "fig4", f"max channel mean layer {paper_layer}{suffix}", x["mean"].max(), data),
                 _row(init, "none", "fig4", f"max |channel mean| layer {paper_layer}{suffix}", x["mean"].abs().max(), data),
                 _row(init, "none", "fig4", f"max channel variance layer {paper_layer}{suffix}", x["variance"].max(), data),
-            ]
+                # The ranges above skip NaN (float32 overflowed): how much of the update they miss.
+                _row(init, "none", "fig4", f"non-finite share layer {paper_layer}{suffix}",
+                     1.0 - np.isfinite(x["variance"].to_numpy()).mean(), data),
+                _row(init, "none", "fig4", f"last fraction finite at layer {paper_layer}{suffix}",
+                     _last_finite_fraction(x), data),
+            ]  # fmt: skip
         rows += [
             _row(init, "none", "fig4", f"relative loss at the full step{suffix}", loss["relative_loss"].iloc[-1], data),
             _row(init, "none", "fig4", f"update diverged (1 = yes){suffix}", bool(loss["diverged"].iloc[-1]), data),

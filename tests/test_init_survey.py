@@ -85,3 +85,13 @@ def test_every_paper_magnitude_is_measured_and_the_report_lists_every_init(tmp_p
     assert table.loc[table["paper_value"].notna()].groupby("init").size().eq(len(survey.PAPER)).all()
     text = survey.report(table, s, "cpu")
     assert "| paper | xavier_uniform | pytorch_default |" in text
+
+
+def test_last_finite_fraction_stops_at_the_first_overflow():
+    nan, inf = math.nan, math.inf
+    x = pd.DataFrame({"fraction": [0, 0, 0.5, 0.5, 1, 1], "variance": [1, 2, 3, nan, 4, 5]})
+    assert survey._last_finite_fraction(x) == 0.0  # 0.5 overflowed, so 1.0 (finite again) does not count
+    x = pd.DataFrame({"fraction": [0, 0.5, 1], "variance": [1, 2, inf]})
+    assert survey._last_finite_fraction(x) == 0.5
+    x = pd.DataFrame({"fraction": [0, 0.5, 1], "variance": [1, 2, 3]})
+    assert survey._last_finite_fraction(x) == 1.0

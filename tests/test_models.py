@@ -256,3 +256,9 @@ def test_surgery_keeps_conv_config_and_weights():
     assert isinstance(ws, ScaledStdConv2d) and isinstance(model[1], nn.Identity)
     assert (ws.stride, ws.padding, ws.groups) == ((2, 2), (1, 1), 2)
     assert torch.equal(ws.weight, conv.weight) and torch.equal(ws.bias, conv.bias)
+
+
+def test_the_paper_init_is_one_of_the_schemes():
+    from nfstudy.models import PAPER_INIT
+
+    assert PAPER_INIT in INITS

@@ -1,6 +1,6 @@
 """Models: CIFAR ResNets with norm = bn | none | ws | nf, NF layers, and surgery."""
 
-from .init import INITS, initialize
+from .init import INITS, PAPER_INIT, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .resnet import NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
 from .surgery import (
@@ -16,6 +16,7 @@ __all__ = [
     "ACTIVATION_GAMMA",
     "INITS",
     "NORMS",
+    "PAPER_INIT",
     "RELU_GAMMA",
     "BasicBlock",
     "CifarResNet",
