@@ -27,10 +27,11 @@ magnitude, and the ranking) into ``--out``::
     python -m experiments._init_survey --device cpu --dataset synthetic --out results/init_survey
     python -m experiments._init_survey --device cuda --preset full --out results/init_survey
 
-``--preset cpu`` (default) keeps the run near ten minutes on one CPU core (one network
-per series for Figs. 5 and 6, six fractions of the Fig. 4 update, short training on
-8x8 digits); ``--preset full`` is the figures' paper profiles (ten networks, 51
-fractions) and longer training on 32x32 digits, for a GPU. Pure Python + torch/pandas.
+``--preset cpu`` (default) is the smallest run that measures every magnitude (one network
+per series for Figs. 5 and 6, six fractions of the Fig. 4 update, short training on 8x8
+digits); the CSV has the seconds each probe took. ``--preset full`` is the figures' paper
+profiles (ten networks, 51 fractions), Fig. 4 at three more learning rates and longer
+training on 32x32 digits, for a GPU. Pure Python + torch/pandas.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Survey:
 
 
 PRESETS = {
-    # ~10 minutes on one idle CPU core: one network per series, six fractions, 72 + 36 steps.
+    # One network per series, six fractions, 72 + 36 training steps: the CPU run.
     "cpu": Survey(),
     # The figures' paper profiles; 25 epochs (300 steps) of training on 32x32 digits.
     "full": Survey(networks=10, fig4_fractions=51, fig4_extra_lrs=(1e-4, 0.01, 0.1), train_image_size=32, train_epochs=50,
