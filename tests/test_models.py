@@ -13,6 +13,7 @@ from nfstudy.models import (
     cifar_resnet,
     create_model,
     get_layer,
+    initialize,
     remove_batchnorm,
     swap_convs_for_ws,
     swap_relus_for_scaled,
@@ -59,7 +60,7 @@ def test_layer_out_of_range_names_the_valid_range():
     [
         ({"depth": 21}, "6n\\+2"),
         ({"norm": "batchnorm"}, "bn, none, ws, nf"),
-        ({"init": "orthogonal"}, "kaiming_fan_out, kaiming_fan_in, xavier_uniform"),
+        ({"init": "orthogonal"}, "kaiming_fan_out, kaiming_fan_in, xavier_uniform, xavier_normal, pytorch_default"),
     ],
 )
 def test_bad_configuration_lists_the_choices(kwargs, match):
@@ -162,17 +163,67 @@ def test_scaled_ws_differs_from_timm_only_in_where_eps_goes():
         assert conv.standardized_weight().abs().max().item() == pytest.approx((1e-4 * 8 / 9) / math.sqrt(1e-4), rel=1e-3)
 
 
+# Weight std of each scheme on a conv of fan_in / fan_out (3x3 kernels): He's sqrt(2 / fan),
+# Glorot's sqrt(2 / (fan_in + fan_out)), and PyTorch's kaiming_uniform(a=sqrt(5)):
+# bound 1 / sqrt(fan_in), std 1 / sqrt(3 fan_in).
+EXPECTED_STD = {
+    "kaiming_fan_out": lambda fan_in, fan_out: math.sqrt(2 / fan_out),
+    "kaiming_fan_in": lambda fan_in, fan_out: math.sqrt(2 / fan_in),
+    "xavier_uniform": lambda fan_in, fan_out: math.sqrt(2 / (fan_in + fan_out)),
+    "xavier_normal": lambda fan_in, fan_out: math.sqrt(2 / (fan_in + fan_out)),
+    "pytorch_default": lambda fan_in, fan_out: 1 / math.sqrt(3 * fan_in),
+}
+# The largest |w| a uniform scheme can give (std * sqrt(3)); a Gaussian one exceeds it.
+UNIFORM_INITS = ("xavier_uniform", "pytorch_default")
+
+
+def test_every_init_has_an_expected_scale():
+    assert set(EXPECTED_STD) == set(INITS)
+
+
 @pytest.mark.parametrize("init", INITS)
 def test_init_schemes_set_the_documented_scales(init):
     torch.manual_seed(0)
     model = cifar_resnet(20, "bn", init=init)
     conv = model.layer3[0].branch.conv2  # 64 -> 64, 3x3: fan_in = fan_out = 576
-    std = conv.weight.std().item()
-    expected = {"kaiming_fan_out": math.sqrt(2 / 576), "kaiming_fan_in": math.sqrt(2 / 576), "xavier_uniform": math.sqrt(2 / 1152)}
-    assert std == pytest.approx(expected[init], rel=0.05)
-    first = model.layer2[0].branch.conv1  # 16 -> 32: fan_in 144, fan_out 288 tell the kaimings apart
-    expected_first = {"kaiming_fan_out": math.sqrt(2 / 288), "kaiming_fan_in": math.sqrt(2 / 144), "xavier_uniform": math.sqrt(2 / 432)}
-    assert first.weight.std().item() == pytest.approx(expected_first[init], rel=0.05)
+    assert conv.weight.std().item() == pytest.approx(EXPECTED_STD[init](576, 576), rel=0.05)
+    first = model.layer2[0].branch.conv1  # 16 -> 32: fan_in 144, fan_out 288 tell the schemes apart
+    std = EXPECTED_STD[init](144, 288)
+    assert first.weight.std().item() == pytest.approx(std, rel=0.05)
+    bound = std * math.sqrt(3)
+    if init in UNIFORM_INITS:
+        assert first.weight.abs().max().item() <= bound
+    else:  # 4608 Gaussian values: some beyond sqrt(3) std (8% of them, in expectation)
+        assert (first.weight.abs() > bound).float().mean().item() == pytest.approx(0.083, abs=0.02)
+    bn = model.layer2[0].branch.bn1
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+
+
+def test_pytorch_default_is_what_torch_layers_do_on_their_own():
+    """``pytorch_default`` re-draws exactly what nn.Conv2d / nn.Linear draw on construction."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, bias=False)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, bias=False))
+    torch.manual_seed(0)
+    initialize(model, "pytorch_default")
+    assert torch.equal(model[0].weight, conv.weight)
+
+
+def test_scheme_sets_a_no_bn_network_s_activation_growth():
+    """Without BN the init sets how fast activations grow with depth: per block the variance
+    grows by ~(1 + branch gain), the branch gain being 1 for He, 1/4 for Glorot and 1/36 for
+    PyTorch's default. Over the 27 blocks of a ResNet-56 that predicts std ratios of
+    (2 / 1.25) ** 13.5 ~ 570 (He / Glorot) and (1.25 / 1.028) ** 13.5 ~ 14 (Glorot / PyTorch)
+    at the last block's output; the thresholds leave a factor 3-6 for a finite batch."""
+    x = torch.randn(32, 3, 16, 16)
+    std = {}
+    for init in ("kaiming_fan_in", "xavier_uniform", "pytorch_default"):
+        torch.manual_seed(0)
+        model = cifar_resnet(56, "none", init=init)
+        with torch.no_grad():
+            std[init] = model.layer3(model.layer2(model.layer1(model.relu(model.conv1(x))))).std().item()
+    assert std["kaiming_fan_in"] > 100 * std["xavier_uniform"]
+    assert std["xavier_uniform"] > 5 * std["pytorch_default"]
 
 
 def test_surgery_on_torchvision_resnet101():
@@ -205,3 +256,9 @@ def test_surgery_keeps_conv_config_and_weights():
     assert isinstance(ws, ScaledStdConv2d) and isinstance(model[1], nn.Identity)
     assert (ws.stride, ws.padding, ws.groups) == ((2, 2), (1, 1), 2)
     assert torch.equal(ws.weight, conv.weight) and torch.equal(ws.bias, conv.bias)
+
+
+def test_the_paper_init_is_one_of_the_schemes():
+    from nfstudy.models import PAPER_INIT
+
+    assert PAPER_INIT in INITS

@@ -1,7 +1,7 @@
 """Models: CIFAR ResNets with norm = bn | none | ws | nf | nf_no_ws, NF layers, surgery, and
 the registry of model families a figure can build (:func:`build_model`)."""
 
-from .init import INITS, initialize
+from .init import INITS, PAPER_INIT, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .registry import DEFAULT_MODEL, MODELS, build_model, check_model
 from .resnet import NF_NORMS, NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
@@ -21,6 +21,7 @@ __all__ = [
     "MODELS",
     "NF_NORMS",
     "NORMS",
+    "PAPER_INIT",
     "RELU_GAMMA",
     "BasicBlock",
     "CifarResNet",
