@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
-from nfstudy.models import get_layer
+from nfstudy.models import PAPER_INIT, get_layer
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
 
@@ -36,7 +36,7 @@ class Params:
     depth: int = 110  # ResNet depth, 6n+2
     layer: int = 55  # weight layer, numbered from the input (1..depth)
     batch_size: int = 128
-    init: str = "kaiming_fan_out"  # torchvision's ResNet default
+    init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
     series: tuple[str, ...] = ("bn", "none", "nf")
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring

@@ -17,7 +17,7 @@ Fig. 4 magnitudes; ``-p lr 0.1`` gives the first step at BN's learning rate, whe
 says the no-BN network diverges (with the inits here its activations then overflow
 float32 early in the update, and the heatmaps are mostly overflow).
 
-Initialisation ``xavier_uniform`` and ``nf_skip_gain_init = 1``, as for Figure 3 (see
+Initialisation: the paper's network (``PAPER_INIT``), and ``nf_skip_gain_init = 1``, as for Figure 3 (see
 experiments/fig3.py): with SkipInit's 0 the NF-ResNet's residual-branch weights get no
 gradient at the first update, so its layers 8, 44 and 80 would hardly move and the
 comparison with the no-BN network would be empty.
@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
+from nfstudy.models import PAPER_INIT
 from nfstudy.params import check_positive
 from nfstudy.probes import channel_moments_along_update
 from nfstudy.runtime import progress, resolve_device
@@ -47,7 +48,7 @@ class Params:
     depth: int = 110  # ResNet depth, 6n+2
     layers: tuple[int, ...] = (8, 44, 80)  # weight layers numbered from the input
     batch_size: int = 128
-    init: str = "xavier_uniform"  # see experiments/fig3.py
+    init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
     series: tuple[str, ...] = ("none", "nf")
     lr: float = 1e-3  # the paper's smallest diverging no-BN step (Fig. 3; module docstring)
     momentum: float = 0.9

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
+from nfstudy.models import PAPER_INIT
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
@@ -42,7 +43,7 @@ class Params:
     layers: tuple[int, ...] = (6, 18, 30, 42, 54, 66, 78, 90, 102)  # the paper's x-axis
     networks: int = 10  # independent initialisations per series
     batch_size: int = 128
-    init: str = "kaiming_fan_out"  # torchvision's ResNet default
+    init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
     series: tuple[str, ...] = ("bn", "none", "nf")
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from nfstudy.data import load_dataset
+from nfstudy.models import PAPER_INIT
 from nfstudy.figures.fig6 import representative_network
 from nfstudy.params import check_choice
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
@@ -50,7 +51,7 @@ class Params:
     batch_size: int = 128  # the heatmap's rows
     epoch: bool = True  # also average the median network's logit gradients over one epoch
     epoch_split: str = "train"  # the split that epoch runs over
-    init: str = "kaiming_fan_out"  # torchvision's ResNet default
+    init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
     series: tuple[str, ...] = ("bn", "none", "nf")
     augment: bool = True  # the mini-batches as training would see them (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
