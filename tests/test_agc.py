@@ -11,9 +11,11 @@ import pytest
 from nfstudy import figures
 from nfstudy.cli import main
 
-# ResNet-8 on 8x8 digits, 2 epochs at batches 64 and 512: about a second per run. A threshold
-# of 1e9 never clips, so that run must equal the unclipped one bit for bit.
-TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9)}
+# ResNet-8 on 8x8 digits, 2 epochs at batches 64 and 512 (lr 0.1 at 64, no warmup): about a
+# second per run. A threshold of 1e9 never clips, so that run must equal the unclipped one bit
+# for bit.
+TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9), "reference_batch_size": 64,
+        "warmup_epochs": 0.0}  # fmt: skip
 
 
 def tiny_run(seed=0, **overrides):
@@ -29,8 +31,13 @@ def test_learning_rate_scales_linearly_with_the_batch():
     assert paper.batch_sizes == (256, 512, 1024, 2048, 4096)
     assert [paper.lr(b) for b in paper.batch_sizes] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])  # 0.1 * B / 256
     quick = params_for("agc", "quick")
-    assert [quick.lr(b) for b in quick.batch_sizes] == pytest.approx([0.1, 0.4, 1.6])  # the paper's lrs at 1/4 the batch
-    assert quick.agc_lambdas == paper.agc_lambdas == (0.01, 0.02, 0.04, 0.08, 0.16)
+    assert [quick.lr(b) for b in quick.batch_sizes] == pytest.approx([0.1, 0.4, 1.6])  # the paper's lrs at 1/8 the batch
+    assert paper.agc_lambdas == (0.01, 0.02, 0.04, 0.08, 0.16)
+    assert set(quick.agc_lambdas) <= set(paper.agc_lambdas) and {0.01, 0.16} <= set(quick.agc_lambdas)  # the sweep's ends
+    # The large-batch regime: every batch size, the largest too, takes >= 100 steps at the full rate's budget.
+    assert len(quick.batch_sizes) >= 3 and max(quick.batch_sizes) / min(quick.batch_sizes) == 16  # the paper's range
+    assert quick.epochs * -(-1498 // max(quick.batch_sizes)) >= 100
+    assert 0 < quick.warmup_epochs <= quick.epochs / 2
     assert params_for("agc", "quick", reference_lr=0.2, reference_batch_size=128).lr(512) == pytest.approx(0.8)
     assert agc.scaled_lr(4096, 0.1, 256) == pytest.approx(1.6)
     assert paper.train_config(2048).lr == pytest.approx(0.8) and paper.train_config(2048).batch_size == 2048
@@ -91,32 +98,123 @@ PAPER_LIKE = [
 ]  # fmt: skip
 
 
-def test_claims_are_computed_from_the_summary():
-    module = figures.load("agc")
-    tables = _summary(PAPER_LIKE)
-    best = module.best_lambda(tables["summary"]).set_index("batch_size")
-    assert best["agc_lambda"].to_dict() == {64: 0.16, 1024: 0.01}  # ties go to the larger threshold
-    assert best["accuracy"].to_dict() == pytest.approx({64: 0.95, 1024: 0.85})
-    found = module.claims(tables)
-    assert len(found) == 2
-    # Gain at 1024: 85 - 10 (the diverged NF counts as chance); at 64: 95 - 97.
-    assert found[0].value == pytest.approx((85 - 10) - (95 - 97))
-    assert (found[0].comparison, found[0].threshold) == (">", 0.0) and found[0].passed
-    assert "batch 1024 minus at batch 64" in found[0].metric
-    assert found[1].value == pytest.approx(0.01 / 0.16) and found[1].passed and found[1].comparison == "<="
+# NFNets Fig. 2 in miniature: BN flat, NF unclipped diverges at the largest batch, NF + AGC
+# within a point of BN everywhere, the loosest good lambda 0.16 at batch 32 and 0.01 at 512.
+FIG2_LIKE = [
+    ("bn", None, 32, 0.98), ("bn", None, 128, 0.975), ("bn", None, 512, 0.97),
+    ("nf", None, 32, 0.97), ("nf", None, 128, 0.96), ("nf", None, 512, None),
+    ("nf+agc", 0.01, 32, 0.95), ("nf+agc", 0.04, 32, 0.96), ("nf+agc", 0.16, 32, 0.975),
+    ("nf+agc", 0.01, 128, 0.95), ("nf+agc", 0.04, 128, 0.965), ("nf+agc", 0.16, 128, 0.97),
+    ("nf+agc", 0.01, 512, 0.96), ("nf+agc", 0.04, 512, 0.90), ("nf+agc", 0.16, 512, None),
+]  # fmt: skip
 
-    # The opposite world: AGC helps only at the small batch, and wants a larger lambda at the large one.
+
+def _claims(rows):
+    """The claims of a constructed table, by a short name."""
+    found = figures.load("agc").claims(_summary(rows))
+    names = ["bn trained", "bn flat", "parity", "collapse", "lambda"]
+    assert len(found) == len(names), [c.claim for c in found]
+    return dict(zip(names, found, strict=True))
+
+
+def _replace(rows, series, batch, accuracy, lam=None):
+    return [(s, l, b, accuracy if (s, l, b) == (series, lam, batch) else a) for s, l, b, a in rows]
+
+
+def test_claims_of_the_paper_pass_on_a_paper_like_table():
+    module = figures.load("agc")
+    tables = _summary(FIG2_LIKE)
+    assert module.lambda_spread(tables["summary"], "nf+agc").to_dict() == pytest.approx({32: 2.5, 128: 2.0, 512: 86.0})
+    assert module.loosest_good_lambda(tables["summary"], "nf+agc").to_dict() == {32: 0.16, 128: 0.16, 512: 0.01}
+    c = _claims(FIG2_LIKE)
+    assert all(claim.outcome == "passed" for claim in c.values()), {k: v.outcome for k, v in c.items()}
+    assert all(claim.kind == "paper" for claim in c.values())
+    assert c["bn trained"].value == pytest.approx(97.0) and c["bn trained"].threshold == pytest.approx(55.0)
+    assert c["bn flat"].value == pytest.approx(-1.0) and "B=512" in c["bn flat"].note
+    assert (c["bn flat"].threshold, c["bn flat"].threshold_high) == (-3.0, 3.0)  # the paper's 0.5 + noise 2.5
+    assert c["parity"].value == pytest.approx(-1.0) and (c["parity"].threshold, c["parity"].threshold_high) == (-3.0, 3.0)
+    assert c["collapse"].value == pytest.approx(97 - 10) and c["collapse"].threshold == 10.0  # diverged = chance
+    assert c["lambda"].value == pytest.approx(0.01 / 0.16) and c["lambda"].comparison == "<"
+    # The metric texts do not depend on the seed's numbers: claims.across_seeds groups by them.
+    other = _claims(_replace(FIG2_LIKE, "bn", 128, 0.90))
+    assert [x.metric for x in other.values()] == [x.metric for x in c.values()]
+
+
+def _swap_bn_nf(rows):
+    swap = {"bn": "nf", "nf": "bn"}
+    return [(swap.get(s, s), lam, b, acc) for s, lam, b, acc in rows]
+
+
+def test_negative_control_bn_and_nf_swapped_fail():
+    c = _claims(_swap_bn_nf(FIG2_LIKE))  # "BN" now diverges at the largest batch, "NF" is flat
+    for name in ("bn trained", "bn flat", "parity", "collapse"):
+        assert c[name].outcome == "failed", name
+    assert c["collapse"].value == pytest.approx(0.0 + 1.0)
+    assert c["bn trained"].value == pytest.approx(10.0)  # chance
+
+
+def test_negative_control_a_collapsed_bn_fails():
+    collapsed = _replace(FIG2_LIKE, "bn", 512, 0.18)  # the old quick profile's BN at batch 1024
+    c = _claims(collapsed)
+    assert c["bn trained"].outcome == c["bn flat"].outcome == c["parity"].outcome == "failed"
+    assert c["bn flat"].value == pytest.approx(18 - 98) and c["parity"].value == pytest.approx(96 - 18)
+    # BN equally poor everywhere is flat, but not trained.
+    everywhere = [(s, lam, b, 0.3 if s == "bn" else a) for s, lam, b, a in FIG2_LIKE]
+    c = _claims(everywhere)
+    assert c["bn flat"].outcome == "passed" and c["bn trained"].outcome == "failed"
+
+
+def test_negative_control_parity_is_two_sided_and_holds_at_every_batch():
+    below = _replace(FIG2_LIKE, "nf+agc", 128, 0.93, lam=0.16)  # best lambda at 128 now 0.04: 96.5 vs BN 97.5
+    assert _claims(below)["parity"].outcome == "passed"
+    below = _replace(below, "nf+agc", 128, 0.93, lam=0.04)  # best 95.0: 2.5 below BN, still within noise
+    assert _claims(below)["parity"].value == pytest.approx(-2.5) and _claims(below)["parity"].passed
+    below = _replace(below, "nf+agc", 128, 0.93, lam=0.01)  # 4.5 below at one batch: fails
+    assert _claims(below)["parity"].value == pytest.approx(-4.5) and not _claims(below)["parity"].passed
+    weak_bn = [(s, lam, b, a - 0.1 if s == "bn" else a) for s, lam, b, a in FIG2_LIKE]
+    assert _claims(weak_bn)["parity"].value == pytest.approx(9.5) and not _claims(weak_bn)["parity"].passed
+
+
+def test_negative_control_nf_that_does_not_collapse_fails():
+    stable = _replace(FIG2_LIKE, "nf", 512, 0.95)
+    assert _claims(stable)["collapse"].value == pytest.approx(2.0) and _claims(stable)["collapse"].outcome == "failed"
+    # NF poor at every batch is no collapse at the largest either.
+    poor = [(s, lam, b, 0.2 if s == "nf" else a) for s, lam, b, a in FIG2_LIKE]
+    assert _claims(poor)["collapse"].outcome == "failed"
+
+
+def test_negative_control_lambda_that_does_not_matter_is_not_evaluable():
+    flat = [(s, lam, b, 0.96 + (lam or 0) / 100 if s == "nf+agc" else a) for s, lam, b, a in FIG2_LIKE]
+    c = _claims(flat)  # every lambda within 0.15 points at every batch
+    assert c["lambda"].outcome == "not evaluable" and not c["lambda"].passed
+    assert "within the noise" in c["lambda"].note and "B=512: 0.2" in c["lambda"].note
+    # Equal optima at both ends decide nothing either, whatever the tie rule would say.
+    assert c["lambda"].value == pytest.approx(1.0)
+
+
+def test_negative_control_larger_lambda_at_larger_batch_fails():
     opposite = [
-        ("nf", None, 64, 0.80), ("nf", None, 1024, 0.90),
-        ("nf+agc", 0.01, 64, 0.95), ("nf+agc", 0.16, 64, 0.90),
-        ("nf+agc", 0.01, 1024, 0.80), ("nf+agc", 0.16, 1024, 0.91),
+        ("bn", None, 32, 0.98), ("bn", None, 512, 0.97),
+        ("nf", None, 32, 0.97), ("nf", None, 512, None),
+        ("nf+agc", 0.01, 32, 0.97), ("nf+agc", 0.16, 32, 0.90),
+        ("nf+agc", 0.01, 512, 0.80), ("nf+agc", 0.16, 512, 0.96),
     ]  # fmt: skip
-    found = module.claims(_summary(opposite))
-    assert found[0].value == pytest.approx((91 - 90) - (95 - 80)) and not found[0].passed
-    assert found[1].value == pytest.approx(16.0) and not found[1].passed
-    # Without an unclipped NF the first claim has nothing to compare with; one batch size: no claims.
-    assert len(module.claims(_summary([r for r in opposite if r[0] != "nf"]))) == 1
-    assert module.claims(_summary([r for r in opposite if r[2] == 64])) == []
+    c = _claims(opposite)
+    assert c["lambda"].value == pytest.approx(16.0) and c["lambda"].outcome == "failed"
+    # The same loosest good lambda at both ends (lambda matters at the largest batch) is no "smaller".
+    same = _replace(_replace(opposite, "nf+agc", 32, 0.85, lam=0.01), "nf+agc", 32, 0.97, lam=0.16)
+    assert _claims(same)["lambda"].value == pytest.approx(1.0) and _claims(same)["lambda"].outcome == "failed"
+
+
+def test_claims_leave_out_what_the_run_lacks():
+    module = figures.load("agc")
+    no_bn = [r for r in FIG2_LIKE if r[0] != "bn"]
+    assert [c.claim.split(" (")[0] for c in module.claims(_summary(no_bn))] == [
+        "Without AGC the NF-ResNet collapses at the largest batch",
+        "Larger batches need a smaller clipping threshold",
+    ]
+    assert len(module.claims(_summary([r for r in FIG2_LIKE if r[0] != "nf"]))) == 4
+    assert module.claims(_summary([r for r in FIG2_LIKE if r[2] == 32])) == []
 
 
 def test_plot_has_both_panels_bands_over_seeds_and_marks_divergence():
@@ -164,14 +262,15 @@ def test_bad_parameters_name_the_fix():
     with pytest.raises(ValueError, match="reference_batch_size must be > 0"):
         params_for("agc", "quick", reference_batch_size=0)
     runs = params_for("agc", "quick", series=["bn"], agc_lambdas=[]).runs()  # nothing clips: no thresholds needed
-    assert [(s, b) for s, _, _, b in runs] == [("bn", 64), ("bn", 256), ("bn", 1024)]
+    assert [(s, b) for s, _, _, b in runs] == [("bn", 32), ("bn", 128), ("bn", 512)]
     assert all(math.isnan(lam) for _, _, lam, _ in runs)
 
 
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
     args = ["run", "agc", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=1", "--param", "batch_sizes=64,512", "--param", "agc_lambdas=0.01,0.16"]  # fmt: skip
+            "--param", "epochs=1", "--param", "batch_sizes=64,512", "--param", "agc_lambdas=0.01,0.16",
+            "--param", "warmup_epochs=0"]  # fmt: skip
     assert main(args) == 0
     base = results_root / "agc" / "quick"
     folder = base / "seed=0"
@@ -184,7 +283,7 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
     summary = pd.read_csv(folder / "summary.csv")
     assert len(summary) == 8 and summary.columns[0] == "seed"
     claims = pd.read_csv(folder / "claims.csv")
-    assert len(claims) == 2
+    assert len(claims) == 5  # BN trained, BN flat, parity, NF collapse, smaller lambda
     # claims.csv is what the figure module computes from the saved tables.
     recomputed = figures.load("agc").claims({"summary": summary, "history": pd.read_csv(folder / "history.csv")})
     np.testing.assert_allclose(claims["value"], [c.value for c in recomputed])

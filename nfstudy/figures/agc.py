@@ -22,7 +22,7 @@ from ..claims import Claim
 from ..params import AGC_SUFFIX
 from ..plots import figure, series_color, series_label, series_linestyle
 
-__all__ = ["best_lambda", "claims", "panel_a", "plot", "test_accuracy"]
+__all__ = ["best_lambda", "claims", "lambda_spread", "loosest_good_lambda", "panel_a", "plot", "test_accuracy"]
 
 TITLE = "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)"
 
@@ -201,59 +201,162 @@ def plot(tables: dict[str, pd.DataFrame]):
     return fig
 
 
-def _gain(summary: pd.DataFrame, series: str, batch_size: int) -> float:
-    """Accuracy of ``series`` at its best threshold minus its unclipped norm's, in points."""
-    a = panel_a(summary)
-    here = a[a["batch_size"] == batch_size]
-    norm = here.loc[here["series"] == series, "norm"].iloc[0]
-    clipped = here.loc[here["series"] == series, "accuracy"].iloc[0]
-    plain = here.loc[(here["norm"] == norm) & here["agc_lambda"].isna(), "accuracy"].iloc[0]
-    return 100.0 * (float(clipped) - float(plain))
+# The claims' numbers, in percentage points of final test accuracy. From the paper (NFNets
+# Fig. 2a, PAPERS.md section D): at every batch size 256 ... 4096 NF + AGC ends at 76.7-76.95%
+# and BN at 76.4-76.9%, so their gap is at most ~0.5 points, and BN's spread across batch sizes
+# is ~0.5 points ("flat").
+PAPER_GAP = 0.5
+# Run-to-run noise of one final test accuracy, fixed before measuring: two standard errors of
+# an accuracy near 95% on the quick profile's 299 test images, 2 * sqrt(0.95 * 0.05 / 299) =
+# 2.5 points (CIFAR-10's 10,000 test images give 0.4: the band is loose, never tight, there).
+NOISE = 2.5
+# "Keeps BN's accuracy" / "flat": the paper's gap plus our noise, +-3 points.
+PARITY_BAND = PAPER_GAP + NOISE
+# The unclipped NF-ResNet "collapses" at the largest batch (after 76.6-76.9% up to 2048): a drop
+# from its smallest-batch accuracy of at least 10 points, more than three parity bands, so no
+# noise passes it.
+COLLAPSE = 10.0
+# "Trained" is well above chance: at least half-way from chance to 100% (the paper's BN
+# ResNet-50 is at 76% with 1000 classes, 0.76 of the way).
+TRAINED_FRACTION = 0.5
+
+
+def _accuracy_at(a: pd.DataFrame, series: str) -> pd.Series:
+    """Panel (a)'s accuracy of ``series`` in points, indexed by batch size."""
+    return 100.0 * a[a["series"] == series].set_index("batch_size")["accuracy"].sort_index()
+
+
+def _signed_worst(deviation: pd.Series) -> tuple[float, int]:
+    """The deviation of largest magnitude, with its batch size."""
+    batch = int(deviation.abs().idxmax())
+    return float(deviation[batch]), batch
+
+
+def _per_batch(values: pd.Series) -> str:
+    return ", ".join(f"B={b}: {v:+.1f}" for b, v in values.items())
+
+
+def lambda_spread(summary: pd.DataFrame, series: str) -> pd.Series:
+    """Per batch size, max - min final test accuracy (points, diverged = chance) of ``series``
+    across its thresholds: how much λ matters there."""
+    s = _with_accuracy(summary)
+    acc = 100.0 * s[s["series"] == series].groupby("batch_size")["accuracy"].agg(lambda a: a.max() - a.min())
+    return acc.sort_index()
+
+
+def loosest_good_lambda(summary: pd.DataFrame, series: str, tolerance: float = NOISE) -> pd.Series:
+    """Per batch size, the largest threshold whose accuracy is within ``tolerance`` points of
+    the best threshold's: the loosest clipping that loses nothing measurable. (The arg-max
+    alone would pick among thresholds that tie within noise at random.)"""
+    s = _with_accuracy(summary)
+    runs = s[s["series"] == series].assign(points=lambda d: 100.0 * d["accuracy"])
+    best = runs.groupby("batch_size")["points"].transform("max")
+    good = runs[runs["points"] >= best - tolerance]
+    return good.groupby("batch_size")["agc_lambda"].max().sort_index()
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
-    """The paper's two claims of Fig. 2, for one seed, per clipped series whose norm was also
-    run without clipping (by default NF-ResNet + AGC against NF-ResNet):
+    """The paper's claims of Fig. 2 for one seed (points of final test accuracy; a diverged
+    run counts as chance; a clipped series at its best threshold per batch, panel (a)):
 
-    * AGC helps most at the largest batch: the gain of the clipped network (at its best
-      threshold) over the unclipped one at the largest batch exceeds the gain at the
-      smallest (> 0 points: the paper's statement is qualitative, any excess counts);
-    * the best threshold does not grow with the batch: best lambda at the largest batch /
-      best lambda at the smallest <= 1 (the paper: smaller lambda at larger batches).
+    * BN trained at every batch size: its lowest accuracy is at least half-way from chance
+      to 100% (:data:`TRAINED_FRACTION`);
+    * BN flat: its accuracy at every batch within :data:`PARITY_BAND` of its smallest-batch
+      accuracy (the deviation of largest magnitude is the value);
+    * parity: each clipped series (``nf+agc``) within :data:`PARITY_BAND` of BN at every
+      batch size (the gap of largest magnitude is the value);
+    * collapse: the unclipped network of each clipped series' norm (``nf``) ends at least
+      :data:`COLLAPSE` points below its smallest-batch accuracy at the largest batch;
+    * smaller λ at larger batch: the loosest good threshold (:func:`loosest_good_lambda`) at
+      the largest batch / at the smallest < 1; not evaluable when λ does not matter at the
+      largest batch (spread across thresholds within :data:`NOISE`).
 
-    A diverged run counts as chance; ties between thresholds go to the larger one.
+    A claim whose series is missing (no BN run, say) is left out; one batch size: no claims.
     """
     summary = tables["summary"].reset_index(drop=True)
     batch_sizes = sorted(summary["batch_size"].unique())
-    found = []
     if len(batch_sizes) < 2:
-        return found
+        return []
     small, large = batch_sizes[0], batch_sizes[-1]
-    best = best_lambda(summary)
-    for series in dict.fromkeys(summary.loc[_clipped(summary), "series"]):
-        norm = summary.loc[summary["series"] == series, "norm"].iloc[0]
-        name = series_label(series)
-        if ((summary["norm"] == norm) & ~_clipped(summary)).any():
-            found.append(
-                Claim(
-                    f"AGC helps the {series_label(norm)} most at the largest batch (paper: without AGC NF-ResNets are "
-                    "unstable at large batch sizes, with it they scale)",
-                    f"gain in final test accuracy of {name} (best λ) over {series_label(norm)}, at batch {large} minus at "
-                    f"batch {small} (percentage points; a diverged run counts as chance)",
-                    _gain(summary, series, large) - _gain(summary, series, small),
-                    ">",
-                    0.0,
-                )
-            )
-        lam = best[best["series"] == series].set_index("batch_size")["agc_lambda"]
+    chance = 100.0 * float(summary["chance_accuracy"].iloc[0])
+    a = panel_a(summary)
+    series = list(dict.fromkeys(summary["series"]))
+    clipped = [s for s in series if s.endswith(AGC_SUFFIX)]
+    found = []
+    band = {"comparison": "between", "threshold": -PARITY_BAND, "threshold_high": PARITY_BAND}
+    if "bn" in series:
+        bn = _accuracy_at(a, "bn")
+        trained = chance + TRAINED_FRACTION * (100.0 - chance)
         found.append(
             Claim(
-                f"The best clipping threshold does not grow with the batch size ({name}; paper: smaller λ at larger batches)",
-                f"best λ at batch {large} / best λ at batch {small} (best = highest final test accuracy, "
-                "ties to the larger λ)",
-                float(lam[large] / lam[small]) if not (math.isnan(lam[large]) or math.isnan(lam[small])) else np.nan,
-                "<=",
+                "BN stays trained at every batch size (paper: BN-ResNet-50 at 76.4-76.9% from batch 256 to 4096)",
+                "lowest final test accuracy of BN across batch sizes (%); trained = half-way from chance to 100%",
+                float(bn.min()),
+                ">=",
+                trained,
+                note=f"lowest at B={int(bn.idxmin())}; chance {chance:.1f}%",
+            )
+        )
+        deviation, batch = _signed_worst(bn - bn[small])
+        found.append(
+            Claim(
+                f"BN's accuracy is flat across batch sizes (paper: spread ~{PAPER_GAP:g} points over batch 256-4096)",
+                f"BN's accuracy minus its accuracy at the smallest batch, the batch where it deviates most (points; "
+                f"band: the paper's {PAPER_GAP:g} + noise {NOISE:g})",
+                deviation,
+                **band,
+                note=f"largest at B={batch}: {_per_batch(bn - bn[small])}",
+            )
+        )
+    for clip in clipped:
+        norm = summary.loc[summary["series"] == clip, "norm"].iloc[0]
+        name = series_label(clip)
+        if "bn" in series:
+            gap = _accuracy_at(a, clip) - _accuracy_at(a, "bn")
+            worst, batch = _signed_worst(gap)
+            found.append(
+                Claim(
+                    f"{name} keeps BN's accuracy at every batch size (paper: NF + AGC 76.7-76.95%, BN 76.4-76.9%)",
+                    f"{name} (best λ) minus BN, at the batch size where the gap is largest (points; band: the paper's "
+                    f"{PAPER_GAP:g} + noise {NOISE:g})",
+                    worst,
+                    **band,
+                    note=f"largest at B={batch}: {_per_batch(gap)}",
+                )
+            )
+        if ((summary["norm"] == norm) & ~_clipped(summary)).any():
+            plain = a[(a["norm"] == norm) & a["agc_lambda"].isna()]
+            unclipped = plain["series"].iloc[0]
+            acc = _accuracy_at(a, unclipped)
+            found.append(
+                Claim(
+                    f"Without AGC the {series_label(unclipped)} collapses at the largest batch (paper: 76.6-76.9% up to "
+                    "batch 2048, then it collapses at 4096)",
+                    f"accuracy of {series_label(unclipped)} at the smallest batch minus at the largest (points)",
+                    float(acc[small] - acc[large]),
+                    ">=",
+                    COLLAPSE,
+                    note=f"B={small}: {acc[small]:.1f}%, B={large}: {acc[large]:.1f}%",
+                )
+            )
+        spread = lambda_spread(summary, clip)
+        loosest = loosest_good_lambda(summary, clip)
+        matters = bool(spread[large] > NOISE)
+        found.append(
+            Claim(
+                f"Larger batches need a smaller clipping threshold ({name}; paper: λ up to 0.16 at small batches, 0.01 "
+                "at 4096)",
+                f"loosest good λ at the largest batch / at the smallest (good: within {NOISE:g} points of the best λ's "
+                "accuracy)",
+                float(loosest[large] / loosest[small]),
+                "<",
                 1.0,
+                evaluable=matters,
+                note=(
+                    f"loosest good λ: {', '.join(f'B={b}: {v:g}' for b, v in loosest.items())}; accuracy spread across λ "
+                    f"(points): {', '.join(f'B={b}: {v:.1f}' for b, v in spread.items())}"
+                    + ("" if matters else f"; at B={large} within the noise ({NOISE:g} points): λ does not matter there")
+                ),
             )
         )
     return found
