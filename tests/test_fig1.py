@@ -289,6 +289,18 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
     assert "mean ± std of 2 seeds" in fig._suptitle.get_text()
 
 
+def test_the_mean_over_seeds_whose_budgets_differ_is_taken_on_one_grid():
+    from nfstudy.figures.fig1 import _mean_std
+
+    # Seed 0 trained 2 epochs, seed 1 4 (the plateau rule doubled its budget): 50/100% and 25/50/75/100%.
+    history = pd.DataFrame({"seed": [0, 0, 1, 1, 1, 1], "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
+                            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8]})  # fmt: skip
+    stats = _mean_std(history, "test_accuracy")
+    assert stats["progress_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
+    assert stats["mean"].tolist() == pytest.approx([0.2, 0.5, 0.7, 0.9])  # 75%: seed 0 interpolated to 0.8
+    assert stats["size"].tolist() == [1, 2, 2, 2] and stats["std"].iloc[0] == 0.0
+
+
 def test_bad_parameters_name_the_fix():
     from experiments import params_for
 

@@ -3,7 +3,8 @@
 Tables: ``history`` (seed, series, norm, base_lr, agc_lambda, epoch, step, progress_pct,
 lr, train_loss, train_accuracy, test_loss, test_accuracy; accuracies in [0, 1]) and
 ``outcomes`` (one row per seed and series: status, budget, divergence step and %,
-final metrics). ``agc_lambda`` is the AGC threshold of a series trained with adaptive
+final metrics, and ``full_lr_gain``/``plateaued``: whether the run had levelled off at its
+full rate, see ``experiments.fig1.plateau_at_full_lr``; older tables have neither). ``agc_lambda`` is the AGC threshold of a series trained with adaptive
 gradient clipping (``norm+agc@lr``), NaN otherwise; tables written before the AGC series
 existed have no such column and count as unclipped.
 """
@@ -54,8 +55,17 @@ def _colors(outcomes: pd.DataFrame) -> dict[str, tuple]:
 
 
 def _mean_std(history: pd.DataFrame, column: str) -> pd.DataFrame:
-    stats = history.groupby("progress_pct")[column].agg(["mean", "std", "size"]).reset_index()
-    return stats.assign(std=stats["std"].fillna(0.0))
+    """Mean and std over seeds of ``column`` against % of training. Seeds whose budgets
+    differ (the plateau rule doubled one and not another) have their epochs at different
+    % of training: each seed's curve is interpolated onto the union of those points (not
+    before its own first one)."""
+    grid = np.unique(history["progress_pct"].to_numpy(dtype=float))
+    seeds = history.groupby("seed") if "seed" in history.columns else [(None, history)]
+    curves = np.array([np.interp(grid, g["progress_pct"], g[column], left=np.nan) for _, g in seeds])
+    counts = np.isfinite(curves).sum(axis=0)
+    mean = np.nanmean(curves, axis=0)  # every point is some seed's own epoch: never all NaN
+    std = np.array([np.std(c[np.isfinite(c)], ddof=1) if n > 1 else 0.0 for c, n in zip(curves.T, counts, strict=True)])
+    return pd.DataFrame({"progress_pct": grid, "mean": mean, "std": std, "size": counts})
 
 
 def plot(tables: dict[str, pd.DataFrame]):
