@@ -338,8 +338,8 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monke
     meta = json.loads((folder / "run.json").read_text())
     assert meta["status"] == "completed" and meta["params"]["series"] == ["bn@0.1", "bn@0.001", "none@0.001", "none@50"]
     claims = pd.read_csv(folder / "claims.csv")
-    assert len(claims) == 4 and claims["metric"].str.contains("diverged when").sum() == 1
-    assert claims.loc[claims["metric"].str.contains("diverged when"), "passed"].all()
+    assert len(claims) == 4 and claims["metric"].str.contains("training done when").sum() == 1
+    assert claims.loc[claims["metric"].str.contains("training done when"), "passed"].all()
     assert (base / "fig1.png").stat().st_size > 10_000 and (base / "claims.csv").is_file()
     before = {p.name: p.read_bytes() for p in folder.glob("*.csv")}
     assert main(args) == 0  # everything is in the checkpoints: the same tables
