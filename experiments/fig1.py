@@ -45,7 +45,7 @@ from nfstudy.data import load_dataset
 from nfstudy.models import NORMS
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
-from nfstudy.train import TrainConfig, train
+from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
 from ._common import AGC_SUFFIX, check_network_params, history_table, make_resnet, split_agc
 
@@ -89,6 +89,13 @@ class Params:
     agc_lambda: float = 0.08  # AGC clipping threshold of the +agc series (see the module docstring)
     augment: bool = True  # pad-and-crop + horizontal flip
     extend_until_plateau: bool = True  # the paper: double the epochs while learning has not plateaued
+    # The plateau rule (nfstudy.train), judged on the train accuracy since the paper trains every run
+    # to ~100% train accuracy: progress is a gain of more than plateau_tol (0.01: one point) over the
+    # last plateau_window epochs at the full rate; a run within plateau_tol of 100% has plateaued.
+    plateau_metric: str = "train_accuracy"  # train_accuracy | train_loss (plateau_tol then relative)
+    plateau_window: int = 20  # epochs
+    plateau_tol: float = 0.01
+    max_extensions: int = 2  # at most 4x the budget
     divergence_factor: float = 1000.0  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
     checkpoint_every: int = 5  # epochs
@@ -102,6 +109,7 @@ class Params:
         if len(set(names)) < len(names):
             raise ValueError(f"series repeats an entry: {', '.join(self.series)}")
         check_positive("agc_lambda (the AGC clipping threshold)", self.agc_lambda)
+        check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
         self.train_config(0.1)  # epochs, batch size, ...: the engine's own checks
 
     def train_config(self, lr: float) -> TrainConfig:
@@ -111,6 +119,10 @@ class Params:
             lr=lr,
             augment=self.augment,
             extend_until_plateau=self.extend_until_plateau,
+            plateau_metric=self.plateau_metric,
+            plateau_window=self.plateau_window,
+            plateau_tol=self.plateau_tol,
+            max_extensions=self.max_extensions,
             divergence_factor=self.divergence_factor,
             compile=self.torch_compile,
             checkpoint_every=self.checkpoint_every,
@@ -123,7 +135,10 @@ PROFILES = {
     # native 8x8 (16x cheaper than 32x32); ResNet-44, the shallowest CIFAR ResNet whose
     # no-BN variant explodes at lr 0.1 for every seed we tried (6 of 6, by step 3; at
     # depth 32 only 3 of 6, the others collapse to chance with a finite loss, and at 20
-    # none); no augmentation (flipped digits are other symbols); a fixed budget.
+    # none); no augmentation (flipped digits are other symbols). The paper's plateau rule
+    # with a 10-epoch window, so that it judges at epoch 20 of 40: the runs at lr 1e-4 are
+    # still rising there and go on at the full rate (up to 160 epochs, 80 at the full rate);
+    # the runs at 0.1 and 0.003 are at ~100% train accuracy by then and stop at 40.
     "quick": Params(
         dataset="digits",
         image_size=8,
@@ -131,16 +146,32 @@ PROFILES = {
         init="kaiming_fan_out",
         epochs=40,
         augment=False,
-        extend_until_plateau=False,
+        plateau_window=10,
     ),
 }
+
+
+def plateau_at_full_lr(history: pd.DataFrame, window: int, tol: float) -> dict[str, float]:
+    """Where a run stood when its rate first dropped (or at its end, if it never did):
+    ``full_lr_gain``, the gain in train accuracy of its last ``window`` epochs at the full
+    rate over the best before them, and ``plateaued``, the plateau rule on the train accuracy
+    there (:func:`nfstudy.train.accuracy_has_plateaued`; 1.0 or 0.0). Both NaN when the run
+    has no more than ``window`` epochs at the full rate (it diverged early, say)."""
+    lr = history["lr"].to_numpy()
+    dropped = lr < lr[0] if len(lr) else lr.astype(bool)
+    full = history["train_accuracy"].tolist()[: int(dropped.argmax()) if dropped.any() else len(lr)]
+    if len(full) <= window:
+        return {"full_lr_gain": float("nan"), "plateaued": float("nan")}
+    return {"full_lr_gain": max(full[-window:]) - max(full[:-window]), "plateaued": float(accuracy_has_plateaued(full, window, tol))}
 
 
 def run(
     params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: str | Path | None = None
 ) -> dict[str, pd.DataFrame]:
     """Tables ``history`` (one row per series and epoch) and ``outcomes`` (one per series);
-    ``agc_lambda`` is the clipping threshold of a ``+agc`` series, NaN for the others."""
+    ``agc_lambda`` is the clipping threshold of a ``+agc`` series, NaN for the others;
+    ``full_lr_gain`` and ``plateaued`` say whether a run had levelled off before its rate
+    dropped (:func:`plateau_at_full_lr`)."""
     device = resolve_device(device)
     kwargs = {"image_size": params.image_size} if params.dataset != "cifar10" else {}
     data = load_dataset(params.dataset, **kwargs)
@@ -158,6 +189,7 @@ def run(
                        desc=f"fig1 {name}")  # fmt: skip
         keys = {"series": name, "norm": norm, "base_lr": lr, "agc_lambda": params.agc_lambda if agc else float("nan")}
         histories.append((keys, result.history))
-        outcomes.append({**keys, **result.summary()})
+        plateau = plateau_at_full_lr(result.history, params.plateau_window, params.plateau_tol)
+        outcomes.append({**keys, **result.summary(), **plateau})
     history = history_table(histories)
     return {"history": history, "outcomes": pd.DataFrame(outcomes)}

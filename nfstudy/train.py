@@ -27,7 +27,11 @@ What it does, and the choices made:
   drops, if the train loss still improved by more than ``plateau_tol`` (relative) over
   the last ``plateau_window`` epochs, the budget doubles (at most ``max_extensions``
   times). Until the first drop the rate is constant, so this is exactly the paper's
-  "train again with twice the epochs", without training again.
+  "train again with twice the epochs", without training again. With
+  ``plateau_metric="train_accuracy"`` the rule judges the train accuracy instead
+  (:func:`accuracy_has_plateaued`): ``plateau_tol`` is then in accuracy (0.01: one point),
+  and a run within ``plateau_tol`` of 100% has plateaued. A loss that falls towards 0 keeps
+  improving in relative terms long after the accuracy is at 100%; the accuracy does not.
 * **Clipping hook.** ``clip(model)`` is called after ``loss.backward()`` (so after DDP's
   gradient all-reduce) and before ``optimizer.step()``, with the unwrapped model (not
   the DDP or compiled wrapper); ``nfstudy.clip``'s clippers are such callables.
@@ -93,6 +97,7 @@ __all__ = [
     "CheckpointMismatch",
     "TrainConfig",
     "TrainResult",
+    "accuracy_has_plateaued",
     "evaluate",
     "has_plateaued",
     "init_distributed",
@@ -102,6 +107,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PLATEAU_METRICS = ("train_loss", "train_accuracy")  # what the plateau rule judges
 CHECKPOINT_FORMAT = 1
 HISTORY_COLUMNS = [
     "epoch", "step", "progress_pct", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
@@ -124,7 +130,8 @@ class TrainConfig:
     drop_last: bool = False
     extend_until_plateau: bool = False  # the paper's budget-doubling rule (module docstring)
     plateau_window: int = 20  # epochs
-    plateau_tol: float = 0.01  # relative improvement of the train loss that counts as progress
+    plateau_tol: float = 0.01  # progress: relative improvement of the train loss, or gain in train accuracy
+    plateau_metric: str = "train_loss"  # train_loss | train_accuracy (module docstring)
     max_extensions: int = 2
     divergence_factor: float = 1e3  # x the first step's loss
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
@@ -166,6 +173,7 @@ class TrainConfig:
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1 (a multiple of the first loss), got {self.divergence_factor!r}")
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
         if self.extend_until_plateau:
             if not self.milestones:
                 raise ValueError("extend_until_plateau decides at the first milestone: give milestones")
@@ -198,6 +206,23 @@ def has_plateaued(train_losses: list[float], window: int, tol: float) -> bool:
     before = min(train_losses[:-window])
     recent = min(train_losses[-window:])
     return not (math.isfinite(recent) and recent < (1 - tol) * before)
+
+
+def accuracy_has_plateaued(train_accuracies: list[float], window: int, tol: float) -> bool:
+    """True unless the best train accuracy of the last ``window`` epochs beats the best
+    before them by more than ``tol`` (absolute: 0.01 is one point); also True once the best
+    is within ``tol`` of 100%, where no more than ``tol`` is left to gain."""
+    if len(train_accuracies) <= window:
+        raise ValueError(f"need more than {window} epochs of accuracies to judge a plateau, got {len(train_accuracies)}")
+    before, recent = max(train_accuracies[:-window]), max(train_accuracies[-window:])
+    return recent >= 1 - tol or not recent > before + tol
+
+
+def _plateaued(history: list[dict], config: TrainConfig) -> bool:
+    """The plateau rule on ``config.plateau_metric`` of the epochs so far."""
+    if config.plateau_metric == "train_accuracy":
+        return accuracy_has_plateaued([r["train_accuracy"] for r in history], config.plateau_window, config.plateau_tol)
+    return has_plateaued([r["train_loss"] for r in history], config.plateau_window, config.plateau_tol)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -295,10 +320,12 @@ def _sha256(tensors) -> str:
 
 def describe(model: nn.Module, data: ImageDataset, config: TrainConfig, seed: int, world_size: int) -> dict[str, Any]:
     """What the checkpoint fingerprint covers, readable (for the mismatch message)."""
-    # No warmup is left out, so checkpoints written before warmup existed still resume.
+    # No warmup (and the default plateau metric) are left out, so checkpoints written before those options existed still resume.
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in PERFORMANCE_FIELDS}
     if not config.warmup_epochs:
         fields.pop("warmup_epochs")
+    if config.plateau_metric == "train_loss":  # the default, as before the option existed
+        fields.pop("plateau_metric")
     return {
         **fields,
         "seed": seed,
@@ -442,7 +469,7 @@ def train(
     while s["status"] == "running" and s["epoch"] < s["budget"]:
         first_drop = milestone_epochs(s["budget"], config.milestones)[0] if config.milestones else None
         if (config.extend_until_plateau and s["epoch"] == first_drop and s["extensions"] < config.max_extensions
-                and not has_plateaued([r["train_loss"] for r in s["history"]], config.plateau_window, config.plateau_tol)):  # fmt: skip
+                and not _plateaued(s["history"], config)):  # fmt: skip
             s["budget"], s["extensions"] = 2 * s["budget"], s["extensions"] + 1  # not plateaued: twice the epochs
             bar.total = s["budget"] * steps
             continue

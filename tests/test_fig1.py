@@ -9,7 +9,7 @@ from nfstudy.cli import main
 
 # ResNet-8 on 8x8 digits, 2 epochs: a second per series. lr 50 makes the no-BN net explode.
 SERIES = ("bn@0.1", "bn@0.001", "none@0.001", "none@50", "nf@0.1")
-TINY = {"depth": 8, "epochs": 2, "series": SERIES}
+TINY = {"depth": 8, "epochs": 2, "series": SERIES, "extend_until_plateau": False}
 
 
 def tiny_run(seed=0, checkpoint_dir=None, **overrides):
@@ -41,18 +41,78 @@ def test_tables_of_a_sweep_that_goes_on_after_a_divergence():
 
 def test_claims_are_computed_from_the_outcomes():
     tables = {k: v.assign(seed=0) for k, v in tiny_run().items()}
-    o = tables["outcomes"].set_index("series")["final_test_accuracy"]
+    outcomes = tables["outcomes"].set_index("series")
+    o = outcomes["final_test_accuracy"]
+    assert {"full_lr_gain", "plateaued"} <= set(outcomes.columns)
     claims = figures.load("fig1").claims(tables)
-    assert len(claims) == 4
+    assert [c.kind for c in claims] == ["paper", "paper", "paper", "sanity", "extension"]
     assert claims[0].value == pytest.approx(100 * (o["bn@lr=0.1"] - o["none@lr=0.001"]))
-    assert claims[0].comparison == ">=" and claims[0].threshold == 5.0 and "0.001" in claims[0].metric
+    assert (claims[0].comparison, claims[0].threshold, claims[0].threshold_high) == ("between", 5.0, 20.0)
+    assert "0.001" in claims[0].metric
     assert claims[1].value == pytest.approx(abs(100 * (o["bn@lr=0.001"] - o["none@lr=0.001"])))
     assert (claims[1].comparison, claims[1].threshold) == ("<=", 3.0)
+    # Two epochs leave the small-lr runs far from converged: the comparisons are not decided.
+    assert claims[0].outcome == claims[1].outcome == "not evaluable"
+    assert "no BN lr=0.001 ends at" in claims[1].note and "% train accuracy" in claims[1].note
     assert claims[2].passed and claims[2].value < 100  # no BN at lr 50 diverged
-    assert claims[3].passed and claims[3].value == 100.0  # NF at 0.1 did not
+    assert claims[3].value == pytest.approx(100 * outcomes.drop(["none@lr=50", "nf@lr=0.1"])["final_train_accuracy"].min())
+    assert claims[4].value == pytest.approx(100 * o["nf@lr=0.1"])  # NF trained at 0.1: its test accuracy
     # Without a matched lr there is nothing to compare at equal lr: those claims are absent.
     only = {k: v[~v["series"].str.startswith("none")] for k, v in tables.items()}
-    assert [c.metric.split(" ")[0] for c in figures.load("fig1").claims(only)] == ["%"]
+    assert [c.kind for c in figures.load("fig1").claims(only)] == ["sanity", "extension"]
+
+
+def test_plateau_at_full_lr_judges_the_epochs_before_the_first_drop():
+    from experiments.fig1 import plateau_at_full_lr
+
+    acc = [0.2, 0.4, 0.6, 0.7, 0.71, 0.9, 0.95]  # the rate drops after the fifth epoch
+    history = pd.DataFrame({"lr": [0.1] * 5 + [0.01] * 2, "train_accuracy": acc})
+    rising = plateau_at_full_lr(history, window=2, tol=0.01)
+    assert rising["full_lr_gain"] == pytest.approx(0.71 - 0.6) and rising["plateaued"] == 0.0
+    flat = plateau_at_full_lr(history.assign(train_accuracy=[0.2, 0.6, 0.7, 0.702, 0.705, 0.9, 0.95]), window=2, tol=0.01)
+    assert flat["full_lr_gain"] == pytest.approx(0.005) and flat["plateaued"] == 1.0
+    assert np.isnan(plateau_at_full_lr(history.iloc[:2], window=2, tol=0.01)["plateaued"])  # too few epochs to judge
+
+
+def test_the_plateau_rule_on_the_train_accuracy():
+    from nfstudy.train import TrainConfig, accuracy_has_plateaued, describe
+
+    assert not accuracy_has_plateaued([0.1, 0.3, 0.5, 0.6], window=2, tol=0.01)  # still rising
+    assert accuracy_has_plateaued([0.1, 0.1, 0.104, 0.1], window=2, tol=0.01)  # stuck (at chance): no progress
+    assert accuracy_has_plateaued([0.5, 0.9, 0.95, 0.991], window=2, tol=0.01)  # no more than tol left to gain
+    with pytest.raises(ValueError, match="need more than 2 epochs"):
+        accuracy_has_plateaued([0.5, 0.6], window=2, tol=0.01)
+    with pytest.raises(ValueError, match="unknown plateau_metric 'accuracy'"):
+        TrainConfig(epochs=4, plateau_metric="accuracy")
+    # The default metric stays out of the checkpoint fingerprint: checkpoints from before the option resume.
+    from experiments import fig1, params_for
+    from experiments._common import make_resnet
+    from nfstudy.data import load_dataset
+
+    params = params_for("fig1", "quick", depth=8)
+    data = load_dataset("digits", image_size=8)
+    model = make_resnet(params, "bn", 10)
+    assert "plateau_metric" not in describe(model, data, TrainConfig(epochs=4), 0, 1)
+    assert describe(model, data, fig1.PROFILES["quick"].train_config(0.1), 0, 1)["plateau_metric"] == "train_accuracy"
+
+
+def test_the_quick_profile_extends_a_run_that_is_still_rising_and_not_one_that_has_plateaued():
+    from nfstudy.train import TrainConfig, train
+    from experiments import params_for
+    from experiments._common import make_resnet
+    from nfstudy.data import load_dataset
+
+    params = params_for("fig1", "quick", depth=8)
+    data = load_dataset("digits", image_size=8)
+    config = TrainConfig(epochs=6, lr=0.01, augment=False, extend_until_plateau=True, plateau_metric="train_accuracy",
+                         plateau_window=2, plateau_tol=0.01, max_extensions=1)  # fmt: skip
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    slow = train(make_resnet(params, "bn", 10), data, config, device="cpu")
+    assert slow.budget == 12 and slow.epochs == 12  # still rising at epoch 3: twice the epochs
+    torch.manual_seed(0)
+    done = train(make_resnet(params, "bn", 10), data, TrainConfig(**{**config.__dict__, "plateau_tol": 1.0}), device="cpu")
+    assert done.budget == 6  # a tolerance of 100 points: nothing counts as progress
 
 
 def test_agc_series_train_with_clipping():
@@ -74,33 +134,113 @@ def test_agc_series_train_with_clipping():
 
 
 def _outcomes(rows):
+    """Constructed outcomes: (norm, lr, AGC lambda or None, final test accuracy or None for diverged,
+    final train accuracy, plateaued at the full lr)."""
     return {
         "outcomes": pd.DataFrame(
             [
                 {"seed": 0, "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}", "norm": n, "base_lr": lr,
                  "agc_lambda": lam or np.nan, "status": "diverged" if acc is None else "completed",
-                 "diverged_pct": 1.0 if acc is None else np.nan, "final_test_accuracy": np.nan if acc is None else acc}
-                for n, lr, lam, acc in rows
+                 "diverged_pct": 1.0 if acc is None else np.nan, "final_test_accuracy": np.nan if acc is None else acc,
+                 "final_train_accuracy": np.nan if acc is None else train_acc,
+                 "full_lr_gain": np.nan if acc is None else (0.0 if plateaued else 0.2),
+                 "plateaued": np.nan if acc is None else float(plateaued)}
+                for n, lr, lam, acc, train_acc, plateaued in rows
             ]
         )
     }  # fmt: skip
 
 
+# The paper's Figure 1 as numbers: every run converged (~100% train accuracy), no BN at 0.1 diverged.
+PAPER = [("bn", 0.1, None, 0.93, 1.0, True), ("bn", 0.003, None, 0.905, 1.0, True), ("bn", 1e-4, None, 0.82, 1.0, True),
+         ("none", 1e-4, None, 0.81, 1.0, True), ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.92, 1.0, True)]  # fmt: skip
+
+
+def _by_kind(claims):
+    return {(c.kind, c.metric.split(" (")[0]): c for c in claims}
+
+
+def _paper_claims(rows):
+    claims = figures.load("fig1").claims(_outcomes(rows))
+    return [c for c in claims if c.kind == "paper"], claims
+
+
+def test_the_paper_figure_passes_every_claim():
+    paper, everything = _paper_claims(PAPER)
+    assert [c.outcome for c in paper] == ["passed"] * 3
+    assert paper[0].value == pytest.approx(12.0) and paper[1].value == pytest.approx(1.0)
+    assert all(c.passed for c in everything)
+
+
+def test_negative_control_bn_and_no_bn_swapped():
+    swap = {"bn": "none", "none": "bn"}
+    paper, _ = _paper_claims([(swap.get(n, n), *rest) for n, *rest in PAPER])
+    gap, equal, diverges = paper
+    assert not gap.passed and gap.outcome == "failed"  # "BN" at 0.1 is the diverged run: at chance
+    assert not diverges.passed  # "no BN" at 0.1 trained
+    # Equal lr is symmetric; its control is BN far above no BN at the same lr.
+    paper, _ = _paper_claims([r if r[:2] != ("bn", 1e-4) else ("bn", 1e-4, None, 0.93, 1.0, True) for r in PAPER])
+    assert paper[1].value == pytest.approx(12.0) and paper[1].outcome == "failed"
+
+
+def test_negative_control_an_undertrained_small_lr_run_is_not_decided_by_the_budget():
+    # The old quick profile: the 1e-4 runs stopped while rising (43% / 79% train accuracy).
+    rows = [r for r in PAPER if r[:2] not in (("bn", 1e-4), ("none", 1e-4))]
+    rows += [("bn", 1e-4, None, 0.64, 0.79, False), ("none", 1e-4, None, 0.45, 0.43, False)]
+    paper, everything = _paper_claims(rows)
+    assert [c.outcome for c in paper] == ["not evaluable", "not evaluable", "passed"]
+    assert "no BN lr=0.0001 ends at 43.0% train accuracy, +20.0 pts over the last plateau window" in paper[0].note
+    assert "BN lr=0.0001 ends at 79.0%" in paper[1].note
+    sanity = [c for c in everything if c.kind == "sanity"]
+    assert sanity[0].value == pytest.approx(43.0) and not sanity[0].passed  # not the paper's ~100%
+    # Had the same runs plateaued there, the gap (53 points) would be far outside the paper's ~11.
+    plateaued = [(*r[:5], True) if r[:2] in (("bn", 1e-4), ("none", 1e-4)) else r for r in rows]
+    paper, _ = _paper_claims(plateaued)
+    assert paper[0].value == pytest.approx(48.0) and paper[0].outcome == "failed"
+    assert paper[1].outcome == "failed"
+    # A run at >= 99% train accuracy has converged, plateau judged or not (tables without the column).
+    converged = [(*r[:4], 0.995, False) if r[:2] == ("none", 1e-4) else r for r in PAPER]
+    assert _paper_claims(converged)[0][0].outcome == "passed"
+    table = _outcomes(converged)["outcomes"].drop(columns=["plateaued", "full_lr_gain"])
+    assert [c.outcome for c in figures.load("fig1").claims({"outcomes": table}) if c.kind == "paper"] == ["passed"] * 3
+
+
+def test_negative_control_runs_collapsed_to_chance_do_not_count_as_trained():
+    collapsed = ("none", 1e-4, None, 0.084, 0.104, True)  # a flat line at chance: plateaued, not trained
+    paper, _ = _paper_claims([collapsed if r[:2] == ("none", 1e-4) else r for r in PAPER])
+    assert paper[0].outcome == paper[1].outcome == "failed"
+    nf = ("nf", 0.1, None, 0.084, 0.104, True)
+    claims = figures.load("fig1").claims(_outcomes([nf if r[0] == "nf" else r for r in PAPER]))
+    assert [c.outcome for c in claims if c.kind == "extension"] == ["failed"]  # completed, but at chance
+    diverged = figures.load("fig1").claims(_outcomes([("nf", 0.1, None, None, None, None) if r[0] == "nf" else r for r in PAPER]))
+    assert [c.value for c in diverged if c.kind == "extension"] == [10.0]
+
+
 def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_claims_alone():
-    rows = [("bn", 0.1, None, 0.98), ("bn", 1e-4, None, 0.64), ("none", 1e-4, None, 0.45), ("none", 0.1, None, None),
-            ("nf", 0.1, None, 0.97), ("none", 0.1, 0.08, 0.93), ("nf", 0.1, 0.08, 0.96)]  # fmt: skip
+    rows = [("bn", 0.1, None, 0.98, 1.0, True), ("bn", 1e-4, None, 0.84, 1.0, True), ("none", 1e-4, None, 0.85, 1.0, True),
+            ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.97, 1.0, True), ("none", 0.1, 0.08, 0.93, 0.99, True),
+            ("nf", 0.1, 0.08, 0.96, 1.0, True)]  # fmt: skip
     found = figures.load("fig1").claims(_outcomes(rows))
     paper = figures.load("fig1").claims(_outcomes(rows[:5]))
-    assert [c.value for c in found[:4]] == pytest.approx([c.value for c in paper])  # the clipped runs change nothing
+    assert [c.value for c in found[:5]] == pytest.approx([c.value for c in paper])  # the clipped runs change nothing
     assert paper[2].passed  # no BN at 0.1 diverged: the clipped no-BN run at 0.1 is not mistaken for it
-    agc = found[4:]
-    assert [c.value for c in agc] == pytest.approx([100.0, 100 * (0.93 - 0.45), 100 * (0.98 - 0.93), 100 * (0.98 - 0.96)])
-    assert [c.passed for c in agc] == [True, True, False, True]
-    assert all(c.claim.startswith("(beyond the papers) With AGC (λ=0.08)") for c in agc)
-    # A clipped no-BN run that diverges fails its claims, counted at chance (10%).
-    diverged = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, None)]))
-    assert diverged[4].value == 1.0 and not diverged[4].passed
-    assert diverged[5].value == pytest.approx(100 * (0.1 - 0.45)) and not diverged[5].passed
+    agc = found[5:]
+    assert [c.value for c in agc] == pytest.approx([93.0, 100 * (0.93 - 0.85), 100 * (0.98 - 0.93), 100 * (0.98 - 0.96)])
+    assert [c.outcome for c in agc] == ["passed", "passed", "failed", "passed"]
+    assert all(c.kind == "extension" and c.claim.startswith("(beyond the papers) With AGC (λ=0.08)") for c in agc)
+    # Negative control: a clipped no-BN run that collapsed to chance (8.4%, as seed 1 once did) fails
+    # every claim, though it did not diverge.
+    collapsed = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.084, 0.104, True)]))[5:]
+    assert [c.outcome for c in collapsed] == ["failed"] * 3
+    # ... and so does one that diverged, counted at chance (10%).
+    diverged = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, None, None, None)]))[5:]
+    assert diverged[0].value == 10.0 and [c.outcome for c in diverged] == ["failed"] * 3
+    # A clipped run still rising when training ended cannot be compared; one that is trained still is.
+    rising = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.70, 0.72, False)]))[5:]
+    assert [c.outcome for c in rising] == ["passed", "not evaluable", "not evaluable"]
+    # BN that did not train at 0.1 is no reference: "comparable to BN" is not decided.
+    no_bn_ref = figures.load("fig1").claims(_outcomes([("bn", 0.1, None, 0.11, 0.11, True)] + rows[1:]))
+    assert [c.outcome for c in no_bn_ref[-2:]] == ["not evaluable"] * 2 and "did not train" in no_bn_ref[-1].note
 
 
 def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, monkeypatch):
@@ -149,6 +289,18 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
     assert "mean ± std of 2 seeds" in fig._suptitle.get_text()
 
 
+def test_the_mean_over_seeds_whose_budgets_differ_is_taken_on_one_grid():
+    from nfstudy.figures.fig1 import _mean_std
+
+    # Seed 0 trained 2 epochs, seed 1 4 (the plateau rule doubled its budget): 50/100% and 25/50/75/100%.
+    history = pd.DataFrame({"seed": [0, 0, 1, 1, 1, 1], "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
+                            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8]})  # fmt: skip
+    stats = _mean_std(history, "test_accuracy")
+    assert stats["progress_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
+    assert stats["mean"].tolist() == pytest.approx([0.2, 0.5, 0.7, 0.9])  # 75%: seed 0 interpolated to 0.8
+    assert stats["size"].tolist() == [1, 2, 2, 2] and stats["std"].iloc[0] == 0.0
+
+
 def test_bad_parameters_name_the_fix():
     from experiments import params_for
 
@@ -175,7 +327,8 @@ def test_bad_parameters_name_the_fix():
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monkeypatch):
     args = ["run", "fig1", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=2", "--param", "series=bn@0.1,bn@0.001,none@0.001,none@50"]  # fmt: skip
+            "--param", "epochs=2", "--param", "extend_until_plateau=False",
+            "--param", "series=bn@0.1,bn@0.001,none@0.001,none@50"]  # fmt: skip
     assert main(args) == 0
     base = results_root / "fig1" / "quick"
     folder = base / "seed=0"
@@ -185,8 +338,8 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monke
     meta = json.loads((folder / "run.json").read_text())
     assert meta["status"] == "completed" and meta["params"]["series"] == ["bn@0.1", "bn@0.001", "none@0.001", "none@50"]
     claims = pd.read_csv(folder / "claims.csv")
-    assert len(claims) == 3 and claims["metric"].str.contains("diverged").sum() == 1
-    assert claims.loc[claims["metric"].str.contains("diverged"), "passed"].all()
+    assert len(claims) == 4 and claims["metric"].str.contains("training done when").sum() == 1
+    assert claims.loc[claims["metric"].str.contains("training done when"), "passed"].all()
     assert (base / "fig1.png").stat().st_size > 10_000 and (base / "claims.csv").is_file()
     before = {p.name: p.read_bytes() for p in folder.glob("*.csv")}
     assert main(args) == 0  # everything is in the checkpoints: the same tables
