@@ -12,14 +12,13 @@ Series are ``"norm@lr"`` strings (norm: bn | none | ws | nf). Each trains throug
 ``<run folder>/checkpoints``) each series checkpoints into its own subfolder and an
 interrupted run resumes where it stopped.
 
-Initialisation: the paper does not say. With torchvision's default (kaiming normal,
-fan_out) a 110-layer ResNet without BN starts with logits of std ~6e8 (loss ~1e9) and
-cannot train at lr 1e-4, against the paper; the public reproduction trained its no-BN
-network at 1e-4 with ``xavier_uniform`` (logit std ~260 at depth 110), the paper
-profile's choice. At the quick profile's depth 44 (8x8 digits), ``xavier_uniform`` leaves a
-no-BN network tame (logit std 1-3; at depth 20 it trains at lr 0.1); ``kaiming_fan_out``
-gives it the growth of activations with depth that the paper studies (logit std 20-30,
-initial loss 27-75) and makes lr 0.1 diverge: the quick profile's choice.
+Initialisation: the paper does not say; the paper profile builds the paper's network as
+identified by measurement (``PAPER_INIT``, results/init_survey/): under He init a
+110-layer ResNet without BN cannot train at lr 1e-4, against the paper. At the quick
+profile's depth 44 on 8x8 digits ``PAPER_INIT`` leaves a no-BN network tame (it trains at
+lr 0.1, so the quick profile could not show the divergence); ``kaiming_fan_out`` gives it
+the growth of activations with depth that the paper studies and makes lr 0.1 diverge: the
+quick profile's choice, a stand-in for the deeper paper network.
 
 The bridge to the NFNets paper (Brock et al. 2021): a series ``"norm+agc@lr"`` trains the
 network ``norm`` with adaptive gradient clipping (``nfstudy.clip.GradientClipper("adaptive",
@@ -42,7 +41,7 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
-from nfstudy.models import NORMS
+from nfstudy.models import NORMS, PAPER_INIT
 from nfstudy.params import check_choice, check_positive
 from nfstudy.runtime import resolve_device
 from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
@@ -82,7 +81,7 @@ class Params:
     dataset: str = "cifar10"
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
     depth: int = 110  # ResNet depth, 6n+2
-    init: str = "xavier_uniform"  # see the module docstring
+    init: str = PAPER_INIT  # the paper's network; the quick profile: see the module docstring
     epochs: int = 165  # the budget (before any plateau extension)
     batch_size: int = 128
     series: tuple[str, ...] = PAPER_SERIES + AGC_SERIES  # norm@lr or norm+agc@lr
