@@ -33,8 +33,8 @@ NO_BN_DIVERGES_AT = 1e-3  # no BN: every curve passes 1e3 above ~1e-3
 NO_BN_EXPLODES_AT = 4e-3  # no BN: every curve passes 1e6 by ~3-6e-3
 RANGE_RATIO = 100.0  # BN lowers the loss up to ~1e-1, no BN up to ~1e-3
 # "Lowers the loss": a relative loss below 0.9 somewhere, a tenth of the loss gone. The
-# paper's minima are ~0.7 (BN) and ~0.1 (no BN), so both clear it with room for the
-# factor ~2 of reading them; a flat curve (0.99999, a network that does not move) does not.
+# paper's minima are ~0.7 (BN) and ~0.1 (no BN): both clear it, BN's with room for reading
+# it 30% too low; a flat curve (0.99999, a network that does not move) does not.
 LOWERS = 0.9
 # A ratio of two float32 losses is exact to a few 1e-7: closer to 1 is "no change".
 LOSS_RESOLUTION = 1e-6
