@@ -49,51 +49,105 @@ def test_experiment_tables_at_tiny_size():
     assert not np.allclose(other["loss_before"], table["loss_before"])
 
 
-def _table(rows):
-    steps = np.array([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+STEPS = 10 ** np.arange(-5.5, 0.51, 0.5)  # 3.2e-6 ... 3.2, half a decade apart
+# Curves shaped like the paper's Fig. 3 (PAPERS.md D), one value per step in STEPS.
+PAPER_BN = [1.0, 0.999, 0.99, 0.97, 0.93, 0.88, 0.8, 0.75, 0.7, 0.72, 1.5, 4.0, 20.0]  # minimum 0.7 near 0.03
+PAPER_NO_BN = [0.95, 0.8, 0.4, 0.15, 0.1, 50.0, 1e7, np.inf, np.inf, np.inf, np.inf, np.inf, np.inf]  # 0.1 at 3e-4
+FLAT = [0.99999] * len(STEPS)  # a network that does not move
+
+
+def _table(rows, steps=STEPS, batches=(1,)):
     frames = []
     for series, relative in rows.items():
         r = np.array(relative, dtype=float)
-        frames.append(
-            pd.DataFrame(
-                {"seed": 0, "series": series, "lr": 0.1, "batch": 1, "step_size": steps, "relative_loss": r,
-                 "diverged": ~np.isfinite(r) | (r > 1e3), "loss_before": 2.0, "loss_after": 2 * r, "update_norm": 1.0}
-            )
-        )
+        for b in batches:
+            frames.append(
+                pd.DataFrame(
+                    {"seed": 0, "series": series, "lr": 0.1, "batch": b, "step_size": steps, "relative_loss": r,
+                     "diverged": ~np.isfinite(r) | (r > 1e3), "loss_before": 2.0, "loss_after": 2 * r,
+                     "update_norm": 1.0}
+                )
+            )  # fmt: skip
     return {"relative_loss": pd.concat(frames, ignore_index=True)}
 
 
-def test_claims_measure_the_step_size_ranges():
+def _outcomes(tables):
+    return {c.claim: c.outcome for c in figures.load("fig3").claims(tables)}
+
+
+def _paper_claims(found):
+    return [c for c in found if c.kind == "paper"]
+
+
+def test_step_size_summary_reads_the_curves():
+    old_steps = np.array([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     tables = _table(
         {
             "bn": [0.9, 0.8, 0.7, 0.9, 2.0],  # lowers the loss up to 1e-1, never diverges
-            "none": [0.9, 5.0, 2e3, np.inf, 0.5],  # up to 1e-4; diverges from 1e-2; a wrecked net at 1
-            "nf": [0.99] * 5,  # lowers it everywhere
-        }
+            "none": [0.85, 5.0, 2e3, np.inf, 0.5],  # up to 1e-4; diverges from 1e-2; a wrecked net at 1
+            "nf": [0.99] * 5,  # lowers it everywhere, by 1%: no range worth the name
+            "noisy": [1.0000001, 0.95, 0.8, 0.9, 2.0],  # float noise at the smallest step is no change
+        },
+        steps=old_steps,
     )
     summary = figures.load("fig3").step_size_summary(tables["relative_loss"]).set_index("series")
     assert summary.loc["none", "lowering_up_to"] == 1e-4  # the 0.5 at step 1 is past divergence, not counted
-    assert summary.loc["none", "diverging_from"] == 1e-2 and summary.loc["bn", "diverging_from"] == np.inf
+    assert summary.loc["none", "lowest"] == 0.85 and summary.loc["none", "highest"] == np.inf
+    assert summary.loc["none", "diverging_from"] == 1e-2 and summary.loc["none", "exploding_from"] == 1e-1
+    assert summary.loc["bn", "diverging_from"] == np.inf and summary.loc["bn", "lowering_up_to"] == 1e-1
+    assert summary.loc["bn", "lowest"] == 0.7 and summary.loc["bn", "highest"] == 0.9
+    assert np.isnan(summary.loc["nf", "lowering_up_to"]) and summary.loc["nf", "lowest"] == 0.99
+    assert summary.loc["noisy", "lowering_up_to"] == 1e-1 and summary.loc["noisy", "lowest"] == 0.8
+
+
+def test_paper_like_curves_pass_every_claim():
+    tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN, "nf": PAPER_BN, "none+agc": PAPER_BN})
+    tables["relative_loss"]["agc_lambda"] = np.where(tables["relative_loss"]["series"] == "none+agc", 0.08, np.nan)
     found = figures.load("fig3").claims(tables)
-    assert [c.value for c in found] == pytest.approx([1.0, 1e3, 1e-2, 1.0 / 1e-2, 1.0 / 1e-4])
-    assert all(c.passed for c in found)
-    # With a clipped no-BN network, two more claims (beyond the papers); the others are unchanged.
-    clipped = _table(
-        {
-            "bn": [0.9, 0.8, 0.7, 0.9, 2.0],
-            "none": [0.9, 5.0, 2e3, np.inf, 0.5],
-            "nf": [0.99] * 5,
-            "none+agc": [0.9, 0.9, 0.8, 2.0, 4e3],  # lowers the loss up to 1e-2
-        }
+    assert [c.kind for c in found] == ["sanity"] + ["paper"] * 7 + ["extension"] * 5
+    assert [c.value for c in found] == pytest.approx(
+        [1.0, 0.7, 0.7, 0.999, 0.1, 10**-2.5, 10**-2.5, 1e-1 / 10**-3.5, 0.7, 1e-1 / 10**-3.5, 1.0, 0.7, 1e-1 / 10**-3.5]
     )
-    clipped["relative_loss"]["agc_lambda"] = np.where(clipped["relative_loss"]["series"] == "none+agc", 0.08, np.nan)
-    more = figures.load("fig3").claims(clipped)
-    assert [c.value for c in more[:5]] == [c.value for c in found]
-    assert [c.value for c in more[5:]] == pytest.approx([1.0, 1e-2 / 1e-4]) and all(c.passed for c in more[5:])
-    assert more[5].claim.startswith("(beyond the papers) With AGC (λ=0.08) the network without BN trains at lr 0.1")
-    # No BN that never diverges and lowers the loss as far as BN: every claim fails.
-    found = figures.load("fig3").claims(_table({"bn": [0.9, 0.8, 0.7, 0.9, 2.0], "none": [0.9, 0.8, 0.7, 0.9, 2.0]}))
-    assert [c.passed for c in found] == [True, False, False, False]
+    assert all(c.passed for c in found)
+    assert found[11].claim.startswith("(beyond the papers) For the no-BN network trained with AGC (λ=0.08)")
+    # Between: the two-sided bands come from the paper's magnitudes.
+    bands = sorted({(round(c.threshold, 12), round(c.threshold_high, 12)) for c in found if c.comparison == "between"})
+    assert np.allclose(bands, [(2e-4, 5e-3), (8e-4, 2e-2), (0.1 / 3, 0.3), (0.35, 0.9), (10.0, 1000.0)])
+
+
+def test_negative_control_bn_and_no_bn_swapped_fail_every_contrast():
+    found = figures.load("fig3").claims(_table({"bn": PAPER_NO_BN, "none": PAPER_BN}))
+    outcomes = [c.outcome for c in _paper_claims(found)]
+    # Only "BN lowers the loss" holds: no BN lowers it too (to 0.1). Everything the paper
+    # contrasts, and every magnitude, fails.
+    assert outcomes == ["passed"] + ["failed"] * 6
+    assert [c.value for c in _paper_claims(found)][1:] == pytest.approx([0.1, np.inf, 0.7, np.inf, np.inf, 10**-3.5 / 1e-1])
+
+
+def test_negative_control_flat_curves_do_not_lower_the_loss():
+    # BN, NF and no BN + AGC barely move: a relative loss of 0.99999 at every step.
+    tables = _table({"bn": FLAT, "none": PAPER_NO_BN, "nf": FLAT, "none+agc": FLAT})
+    tables["relative_loss"]["agc_lambda"] = np.where(tables["relative_loss"]["series"] == "none+agc", 0.08, np.nan)
+    found = {c.claim.split(" (")[0] if not c.claim.startswith("(") else c.claim: c for c in figures.load("fig3").claims(tables)}
+    lowers = [c for c in found.values() if "lowers the loss (relative loss below 0.9)" in c.claim]
+    ranges = [c for c in found.values() if "far larger range of step sizes" in c.claim]
+    assert len(lowers) == 3 and all(c.value == pytest.approx(0.99999) and not c.passed for c in lowers)
+    assert len(ranges) == 3 and all(c.value == 0 and not c.passed for c in ranges)
+    minimum = [c for c in found.values() if c.claim.startswith("With BN the relative loss reaches a minimum")]
+    assert len(minimum) == 1 and not minimum[0].passed
+
+
+def test_negative_control_magnitudes_far_from_the_paper_fail_both_ways():
+    # BN lowering the loss 10x (not ~0.7) and everywhere; no BN lowering only at its smallest
+    # step and exploding already there: each passes the one-sided claims, fails the bands.
+    deep_bn = [1.0, 0.99, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    early = [0.5, 1e7] + [np.inf] * 11
+    found = _paper_claims(figures.load("fig3").claims(_table({"bn": deep_bn, "none": early})))
+    assert [c.outcome for c in found] == ["passed", "failed", "passed", "failed", "failed", "failed", "failed"]
+    assert found[-1].value == pytest.approx(10**0.5 / 10**-5.5)  # a ratio of 1e6 is not ~100
+    # No BN that never diverges and lowers the loss as far as BN: its claims and the contrast fail.
+    found = _paper_claims(figures.load("fig3").claims(_table({"bn": PAPER_BN, "none": PAPER_BN})))
+    assert [c.outcome for c in found] == ["passed"] * 3 + ["failed"] * 4
 
 
 def test_bad_parameters_name_the_fix():
@@ -111,7 +165,7 @@ def test_bad_parameters_name_the_fix():
         params_for("fig3", "quick", log10_step_min=1.0, log10_step_max=-1.0)
     with pytest.raises(ValueError, match="batches must be mini-batch indices >= 0"):
         params_for("fig3", "quick", batches=[-1, 4])
-    with pytest.raises(IndexError, match=r"batch 50 is beyond the epoch: it has 23 mini-batches \(0\.\.22\)"):
+    with pytest.raises(IndexError, match=r"batch 50 is beyond the epoch: it has 11 mini-batches \(0\.\.10\)"):
         fig3.run(params_for("fig3", "quick", depth=8, batches=(1, 50)), seed=0, device="cpu")
 
 
@@ -125,7 +179,9 @@ def test_papermill_run_writes_every_contract_file(results_root):
     table = pd.read_csv(folder / "relative_loss.csv")
     assert len(table) == 4 * 2 * 5 and table.columns[0] == "seed"  # bn, none, nf, none+agc
     claims = pd.read_csv(folder / "claims.csv")
-    assert len(claims) == 7
+    assert len(claims) == 13
+    # Mini-batch 1 was not probed: no BN's minimum there cannot be decided.
+    assert (claims["outcome"] == "not evaluable").sum() == 1
     # claims.csv is what the figure module computes from the saved table.
     recomputed = [c.value for c in figures.load("fig3").claims({"relative_loss": table})]
     np.testing.assert_allclose(claims["value"], recomputed)
@@ -133,11 +189,11 @@ def test_papermill_run_writes_every_contract_file(results_root):
 
 
 def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
-    tables = _table({"bn": [0.9, 0.8, 0.7, 0.9, 2.0], "none": [0.9, 5.0, 2e3, np.inf, 0.5]})
+    tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN})
     gone = tables["relative_loss"].query("series == 'none'").assign(
         batch=4, loss_before=np.nan, loss_after=np.nan, relative_loss=np.nan, diverged=True
     )
-    bn4 = tables["relative_loss"].query("series == 'bn'").assign(batch=4, relative_loss=0.5)
+    bn4 = tables["relative_loss"].query("series == 'bn'").assign(batch=4)
     found = figures.load("fig3").claims({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
     assert found[0].value == 0.5 and not found[0].passed  # no BN had diverged by batch 4 in training
     # The other claims see batch 1 only, as if batch 4 had not been probed.
@@ -146,3 +202,14 @@ def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
     fig = figures.load("fig3").plot({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "left out, training diverged\nbefore this batch: seed 0" in texts
+    # No probe left at all: the no-BN claims cannot be decided, and say why.
+    never = figures.load("fig3").claims({"relative_loss": pd.concat([tables["relative_loss"].query("series == 'bn'"),
+                                                                     gone.assign(batch=1)])})  # fmt: skip
+    undecided = [c for c in never if c.outcome == "not evaluable"]
+    assert [c.claim.split(":")[0][:40] for c in undecided] == [
+        "Without BN a small step lowers the loss ", "Without BN every curve explodes past a s",
+        "Without BN the relative loss reaches 1e+", "With BN the loss decreases over a far la",
+    ]  # fmt: skip
+    assert all("diverged before every probed mini-batch" in c.note or "not probed" in c.note or "no probed" in c.note
+               for c in undecided)  # fmt: skip
+    assert never[0].value == 0 and not never[0].passed
