@@ -7,11 +7,9 @@ relative loss ``L(theta - eta * d) / L(theta)`` on that batch, for log-spaced ``
 (:func:`nfstudy.probes.relative_loss_during_training`). Series: BN trained at lr 0.1,
 no-BN at lr 1e-4 (the paper's), and the NF-ResNet at BN's lr 0.1.
 
-Initialisation: ``xavier_uniform``, the scheme with which the public reproduction
-trained its no-BN network at lr 1e-4. With torchvision's kaiming fan_out a 110-layer
-network without BN starts at a loss of ~1e9 and its first update at lr 1e-4 already
-gives NaN (we measured it on digits), so it cannot be the paper's no-BN network, which
-trains at 1e-4 (Fig. 1). ``init`` is a parameter.
+Initialisation: the paper's network as identified by measurement (``PAPER_INIT``,
+results/init_survey/): under He init a 110-layer network without BN cannot train at lr
+1e-4, which the paper's no-BN network does (Fig. 1). ``init`` is a parameter.
 
 The bridge to the NFNets paper (Brock et al. 2021): a series ``"none+agc"`` or ``"nf+agc"``
 trains that network with adaptive gradient clipping (``GradientClipper("adaptive",
@@ -40,7 +38,7 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
-from nfstudy.models import NORMS
+from nfstudy.models import NORMS, PAPER_INIT
 from nfstudy.params import check_choice, check_positive
 from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
@@ -62,7 +60,7 @@ class Params:
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
     depth: int = 110  # ResNet depth, 6n+2
     batch_size: int = 128
-    init: str = "xavier_uniform"  # see the module docstring
+    init: str = PAPER_INIT  # the paper's network (results/init_survey/)
     series: tuple[str, ...] = ("bn", "none", "nf", "none+agc", "nf+agc")  # a norm, +agc: trained with AGC
     learning_rates: tuple[float, ...] = (0.1, 1e-4, 0.1, 0.1, 0.1)  # training lr of each series, in order
     agc_lambda: float = 0.08  # AGC clipping threshold of the +agc series
