@@ -150,7 +150,9 @@ def test_batched_step_sizes_equal_one_at_a_time(norm):
     one = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=1)
     all_ = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=4)
     for a, b in zip(one, all_):
-        np.testing.assert_allclose(b.select_dtypes("number").to_numpy(), a.select_dtypes("number").to_numpy(), rtol=1e-5, atol=1e-9)
+        # atol: a channel mean near 0 of O(1) float32 activations carries float32's absolute
+        # rounding (~1e-7 x the activations' scale), which another chunking reorders.
+        np.testing.assert_allclose(b.select_dtypes("number").to_numpy(), a.select_dtypes("number").to_numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_channel_moments_along_the_update_match_a_real_step():
