@@ -390,7 +390,7 @@ def test_a_notebook_that_fails_on_rerun_leaves_the_completed_seed_and_its_own_no
 def _start_fig1(root) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NFSTUDY_PROGRESS": "0"}
     args = [sys.executable, "-m", "nfstudy", "run", "fig1", "--profile", "quick", "--seed", "0", "--device", "cpu",
-            "--results", str(root), "--no-aggregate", "-p", "depth", "8", "-p", "epochs", "6", "-p", "checkpoint_every", "1",
+            "--results", str(root), "--no-aggregate", "-p", "depth", "8", "-p", "epochs", "6", "-p", "extend_until_plateau", "False", "-p", "checkpoint_every", "1",
             "-p", "series", "bn@0.1,none@0.001"]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
