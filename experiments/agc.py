@@ -150,7 +150,7 @@ PROFILES = {
     # A genuine large-batch regime on 2 CPU cores: the bundled digits at their native 8x8,
     # ResNet-8, no augmentation (flipped digits are other symbols), batches 32 ... 512 at the
     # paper's learning rates 0.1 ... 1.6 (the reference batch is 32), 40 epochs with the
-    # paper profile's warmup share (10%). Steps bound the cost: runs x epochs x images = runs x
+    # 4 warmup epochs (10% of the budget). Steps bound the cost: runs x epochs x images = runs x
     # steps x batch at the largest batch, so the largest batch is 512 (a third of the 1498
     # training images, 120 steps), where BN stays trained; at batch 1024 (40 steps, ResNet-20,
     # the previous quick profile) BN fell to 17-20%. ResNet-8 instead of 20 buys those steps;

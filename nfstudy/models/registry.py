@@ -17,9 +17,9 @@ Initialisation: ``init`` is applied to every model with
 scheme (convs ``kaiming_normal_(mode="fan_out")``, Linear PyTorch's default, BatchNorm
 1 / 0), the one the reproduction used for its Figs 2, 3, 5 and 6; its Fig 1 used
 ``xavier_uniform`` (conv and linear weights). So the reproduction's figures are
-``-p model torchvision_resnet -p depth 101`` plus, per figure: Fig 1 ``init
-xavier_uniform`` (fig1's default); Figs 2, 5, 6 ``init kaiming_fan_out`` (their
-default); Fig 3 ``-p init kaiming_fan_out`` (fig3's default is xavier_uniform).
+``-p model torchvision_resnet -p depth 101`` plus, per figure: Fig 1 ``-p init
+xavier_uniform`` (the figures' default, ``PAPER_INIT``); Figs 2, 3, 5, 6 ``-p init
+kaiming_fan_out``.
 
 Layer numbers (:func:`~nfstudy.models.surgery.weight_layers`) of torchvision's
 ResNet-101: stem conv 1, ``layer1`` 2..10, ``layer2`` 11..22, ``layer3`` 23..91,
