@@ -17,6 +17,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import tempfile
@@ -191,6 +192,9 @@ def run_figure(
         try:
             _execute(pm, figure, notebook, parameters, log_output)
         except KeyboardInterrupt:
+            # The kernel dies with the interrupt: nbclient's cell task then ends with an exception
+            # nobody retrieves, which asyncio logs as a traceback when the task is collected.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             _mark_if_running(attempt, "interrupted", "KeyboardInterrupt")
             raise RunInterrupted(f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}") from None
         except pm.PapermillExecutionError as error:
