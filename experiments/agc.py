@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from nfstudy.clip import GradientClipper
+from nfstudy.constants import DIVERGENCE
 from nfstudy.data import load_dataset
 from nfstudy.models import NORMS
 from nfstudy.params import check_choice, check_positive
@@ -89,7 +90,7 @@ class Params:
     nf_skip_gain_init: float = 0.0  # the NF-ResNet as published (SkipInit)
     augment: bool = True  # pad-and-crop + horizontal flip
     warmup_epochs: float = 0.0  # linear lr warmup (per step) over these epochs, as large-batch recipes do
-    divergence_factor: float = 1000.0  # a loss this many times the first one is divergence
+    divergence_factor: float = DIVERGENCE  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
     checkpoint_every: int = 5  # epochs
 

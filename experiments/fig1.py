@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from nfstudy.clip import GradientClipper
+from nfstudy.constants import DIVERGENCE
 from nfstudy.data import load_dataset
 from nfstudy.models import NORMS, PAPER_INIT
 from nfstudy.params import check_choice, check_positive
@@ -95,7 +96,7 @@ class Params:
     plateau_window: int = 20  # epochs
     plateau_tol: float = 0.01
     max_extensions: int = 2  # at most 4x the budget
-    divergence_factor: float = 1000.0  # a loss this many times the first one is divergence
+    divergence_factor: float = DIVERGENCE  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
     checkpoint_every: int = 5  # epochs
     model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)

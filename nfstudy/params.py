@@ -15,11 +15,9 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["AGC_SUFFIX", "check_choice", "check_positive", "resolve", "to_dict"]
+from .constants import AGC_SUFFIX  # re-exported: the name figures and plots have used
 
-# The series naming every figure shares: "norm+agc" is the network "norm" trained with
-# adaptive gradient clipping (the experiments parse it, the plots draw it dashed).
-AGC_SUFFIX = "+agc"
+__all__ = ["AGC_SUFFIX", "check_choice", "check_positive", "resolve", "to_dict"]
 
 P = TypeVar("P")
 

@@ -88,6 +88,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .constants import DIVERGENCE
 from .data import ImageDataset
 from .params import check_choice, check_positive
 from .runs import atomic_write, atomic_write_csv
@@ -133,7 +134,7 @@ class TrainConfig:
     plateau_tol: float = 0.01  # progress: relative improvement of the train loss, or gain in train accuracy
     plateau_metric: str = "train_loss"  # train_loss | train_accuracy (module docstring)
     max_extensions: int = 2
-    divergence_factor: float = 1e3  # x the first step's loss
+    divergence_factor: float = DIVERGENCE  # x the first step's loss
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     sync_batchnorm: bool = False  # DDP on CUDA: BatchNorm over the global batch
     checkpoint_every: int = 5  # epochs

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ..constants import DIVERGENCE
 from ..claims import Claim, near
 from ..plots import figure, series_color, series_label, series_linestyle
 
@@ -21,7 +22,6 @@ __all__ = ["claims", "plot", "step_size_summary"]
 
 TITLE = "Relative loss along the update direction, early in training (Bjorck et al. 2018, Fig. 3)"
 Y_CEILING = 1e6  # the paper's axis reaches 10^6; larger or non-finite values are drawn at the edge
-DIVERGENCE = 1e3  # Bjorck et al.: a relative loss above 10^3 counts as divergence
 
 # The paper's magnitudes (PAPERS.md section D, read off Fig. 3 to a factor ~2); each claim's
 # band says how far from them it accepts.

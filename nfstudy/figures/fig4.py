@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, SymLogNorm
 
+from ..constants import DIVERGENCE
 from ..claims import Claim, near
 from ..plots import series_color, series_label, style
 
 __all__ = ["PAPER_MAX_VARIANCE", "claims", "layer_variance", "max_channel_variance", "plot"]
 
 TITLE = "Channel means and variances during one update at a diverging learning rate (Bjorck et al. 2018, Fig. 4)"
-DIVERGENCE = 1e3  # Bjorck et al.: a relative loss above 10^3 counts as divergence
 LAYER_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#937860")
 
 

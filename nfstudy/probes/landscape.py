@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..constants import DIVERGENCE
 from ..models.surgery import get_layer
 from ..runtime import progress
 
@@ -74,8 +75,7 @@ __all__ = [
     "sgd_update_direction",
 ]
 
-# Bjorck et al. 2018, Fig. 3: "a loss > 10^3 counts as divergence" (relative to the loss before the step).
-DIVERGENCE_THRESHOLD = 1e3
+DIVERGENCE_THRESHOLD = DIVERGENCE  # a relative loss above this (or not finite) is divergence
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ClipFn = Callable[[nn.Module], Any]  # rescales the model's .grad in place (nfstudy.clip.GradientClipper)
