@@ -237,3 +237,29 @@ def test_channel_moments_hooks_are_removed():
         model(x)
     assert set(moments.last) == {1, 4} and moments.last[4][0].shape == (32,)  # layer 4: first conv of stage 2
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_channel_moments_are_the_layers_exact_float64_moments():
+    from nfstudy.models import get_layer
+
+    model, _, x, _ = _setup("bn")
+    seen = {}
+    handle = get_layer(model, 4).module.register_forward_hook(lambda m, args, out: seen.update(out=out.detach().double()))
+    with ChannelMoments(model, [4]) as moments:
+        model(x)
+    handle.remove()
+    var, mean = torch.var_mean(seen["out"].transpose(0, 1).flatten(1), dim=1, correction=0)
+    assert torch.equal(moments.last[4][0], mean) and torch.equal(moments.last[4][1], var)
+    assert moments.names == {4: get_layer(model, 4).name}
+
+
+def test_probing_gives_every_submodule_its_own_mode_back():
+    from nfstudy.probes import activation_statistics
+
+    model, optimizer, x, y = _setup("bn")
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()  # frozen BN in a training model
+    modes = {n: m.training for n, m in model.named_modules()}
+    relative_loss_along_update(model, optimizer, x, y, STEPS[:2])
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    activation_statistics(model, x, train=False)
+    assert {n: m.training for n, m in model.named_modules()} == modes

@@ -303,3 +303,22 @@ def test_warmup_past_the_first_drop_is_refused_and_no_warmup_keeps_old_checkpoin
                            test_images=torch.zeros(1, 3, 8, 8))  # fmt: skip
     assert "warmup_epochs" not in describe(resnet8(), data, config(), 0, 1)
     assert describe(resnet8(), data, config(warmup_epochs=1), 0, 1)["warmup_epochs"] == 1
+
+
+def test_the_engine_keeps_the_names_other_trainers_build_on():
+    import nfstudy.train as engine
+
+    stable = ["CheckpointMismatch", "HISTORY_COLUMNS", "TrainConfig", "TrainResult", "accuracy_has_plateaued",
+              "backward_and_step", "describe", "evaluate", "fingerprint", "has_plateaued", "learning_rate",
+              "load_checkpoint", "milestone_epochs", "save_checkpoint", "train"]  # fmt: skip
+    assert set(stable) <= set(engine.__all__) and all(hasattr(engine, name) for name in engine.__all__)
+
+
+def test_a_checkpoint_round_trips_and_refuses_another_configuration(tmp_path, tiny):
+    from nfstudy.train import describe, fingerprint, load_checkpoint, save_checkpoint
+
+    description = describe(resnet8(), tiny, config(), 0, 1)
+    save_checkpoint(tmp_path / "c.pt", {"fingerprint": fingerprint(description), "description": description, "x": torch.ones(2)})
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt", description)["x"], torch.ones(2))
+    with pytest.raises(CheckpointMismatch, match="lr: 0.05 there, 0.1 here"):
+        load_checkpoint(tmp_path / "c.pt", describe(resnet8(), tiny, config(lr=0.1), 0, 1))
