@@ -1,4 +1,4 @@
-"""Probing leaves the model as it was: its train/eval mode and its buffers."""
+"""Probing leaves the model as it was: its train/eval mode, its buffers, BatchNorm's running statistics."""
 
 from __future__ import annotations
 
