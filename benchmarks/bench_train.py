@@ -19,7 +19,7 @@ per round and as the median.
     python benchmarks/bench_train.py --device cuda --model resnet110 --images 50000
 
 Fused multi-run training (``--fused``): steps/s of N runs trained as one stacked network
-(:func:`nfstudy.fused.train_fused`) against the same N runs one after another
+(:func:`nfstudy.train.train_fused`) against the same N runs one after another
 (:func:`nfstudy.train.train`), interleaved per round, on the figures' shapes; each
 training step of each run counts as one step. On CUDA (``--grid full``) also one run's
 steps/s eager fp32, bf16 autocast + channels_last, ``torch.compile`` and CUDA graphs
@@ -127,7 +127,7 @@ def steps_per_s_alone(models, data, config, device) -> float:
 
 
 def steps_per_s_fused(models, data, config, device) -> float:
-    from nfstudy.fused import train_fused
+    from nfstudy.train import train_fused
 
     results = train_fused(models, data, [config] * len(models), device=device)
     return sum(r.images_per_s for r in results) / config.batch_size  # every run trained through the same seconds

@@ -21,7 +21,7 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
-from nfstudy.fused import train_fused
+from nfstudy.train import train_fused
 from nfstudy.models import create_model
 from nfstudy.train import TrainConfig, train
 

@@ -25,6 +25,8 @@ One module per concern, each read top to bottom:
 * :mod:`~nfstudy.train.checkpoint`: ``checkpoint.pt`` and its configuration fingerprint;
   resuming another configuration's checkpoint raises :class:`CheckpointMismatch`.
 * :mod:`~nfstudy.train.distributed`: process group, rank and world size.
+* :mod:`~nfstudy.train.fused`: :func:`train_fused`, several runs of one architecture
+  trained as one stacked network (``torch.func``), each run's files as :func:`train` writes them.
 * :mod:`~nfstudy.train.cli`: ``python -m nfstudy.train``.
 
 The clipping hook: ``clip(model)`` is called after ``loss.backward()`` (so after DDP's
@@ -56,6 +58,7 @@ from .checkpoint import (
 from .cli import _parser, main  # noqa: F401  (_parser: tests/test_readme.py checks the README's commands with it)
 from .config import PRECISIONS, TrainConfig
 from .distributed import init_distributed
+from .fused import SHARED_FIELDS, train_fused
 from .loop import HISTORY_COLUMNS, TrainResult, backward_and_step, evaluate, train
 from .schedule import PLATEAU_METRICS, accuracy_has_plateaued, has_plateaued, learning_rate, milestone_epochs
 
@@ -65,6 +68,7 @@ __all__ = [
     "PERFORMANCE_FIELDS",
     "PLATEAU_METRICS",
     "PRECISIONS",
+    "SHARED_FIELDS",
     "CheckpointMismatch",
     "TrainConfig",
     "TrainResult",
@@ -80,4 +84,5 @@ __all__ = [
     "milestone_epochs",
     "save_checkpoint",
     "train",
+    "train_fused",
 ]

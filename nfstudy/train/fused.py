@@ -8,7 +8,7 @@ layout (every parameter and buffer stacked along a new dim 0) and
 ``vmap(functional_call(model, ...))`` run all runs' forward and backward passes as one
 network whose convolutions are grouped, the model code unchanged::
 
-    from nfstudy.fused import train_fused
+    from nfstudy.train import train_fused
 
     results = train_fused([model_a, model_b], data, [config_a, config_b], seeds=0,
                           clips=[None, GradientClipper("adaptive", 0.01)],
@@ -61,24 +61,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .data import ImageDataset
-from .runs import atomic_write_csv
-from .runtime import progress, resolve_device
-from .train import (
-    CHECKPOINT_FORMAT,
-    TrainConfig,
-    TrainResult,
-    _fingerprint,
-    _history_frame,
-    _load,
-    _plateaued,
-    _rank_and_world,
-    _save,
-    describe,
-    evaluate,
-    learning_rate,
-    milestone_epochs,
-)
+from ..data import ImageDataset
+from ..runs import atomic_write_csv
+from ..runtime import progress, resolve_device
+from .checkpoint import CHECKPOINT_FORMAT, describe, fingerprint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import rank_and_world
+from .loop import TrainResult, evaluate, history_frame
+from .schedule import learning_rate, milestone_epochs, plateaued
 
 __all__ = ["SHARED_FIELDS", "train_fused"]
 
@@ -124,18 +114,18 @@ class _Run:
         for key, value in model_state.items():
             model_state[key] = value.clone()
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
-        _save(self.out / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "fingerprint": _fingerprint(self.description),
+        save_checkpoint(self.out / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint(self.description),
                                            "description": self.description, "state": self.s, "model": model_state,
                                            "optimizer": self.optimizer.state_dict(), "rng": rng})  # fmt: skip
 
     def write_history(self) -> None:
         if self.out is not None:
-            atomic_write_csv(_history_frame(self.s["history"], self.s["budget"]), self.out / "history.csv")
+            atomic_write_csv(history_frame(self.s["history"], self.s["budget"]), self.out / "history.csv")
 
     def result(self, steps_per_epoch: int) -> TrainResult:
         s = self.s
         return TrainResult(
-            history=_history_frame(s["history"], s["budget"]),
+            history=history_frame(s["history"], s["budget"]),
             status=s["status"],
             epochs=s["epoch"],
             budget=s["budget"],
@@ -235,7 +225,7 @@ def train_fused(
     out_dirs = _per_run(out_dirs, n_runs, "out_dirs")
     if len({str(o) for o in out_dirs if o is not None}) < sum(o is not None for o in out_dirs):
         raise ValueError(f"out_dirs repeats a folder: {out_dirs}; give every run its own")
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     if world > 1:
         raise ValueError("train_fused trains the whole stack in one process: call nfstudy.train.train under DDP")
     device = resolve_device(device)
@@ -252,7 +242,7 @@ def train_fused(
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         s = dict(epoch=0, budget=config.epochs, extensions=0, step=0, history=[], status="running", initial_loss=None, diverged_step=None, diverged_loss=None)  # fmt: skip
         if out is not None and (out / "checkpoint.pt").is_file():
-            saved = _load(out / "checkpoint.pt", description)
+            saved = load_checkpoint(out / "checkpoint.pt", description)
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             s.update(saved["state"])  # the torch RNG is not restored: training draws nothing from it
@@ -304,7 +294,7 @@ def train_fused(
             c = r.config
             while r.training and c.extend_until_plateau and r.s["extensions"] < c.max_extensions:
                 first_drop = milestone_epochs(r.s["budget"], c.milestones)[0] if c.milestones else None
-                if r.s["epoch"] != first_drop or _plateaued(r.s["history"], c):
+                if r.s["epoch"] != first_drop or plateaued(r.s["history"], c.plateau_metric, c.plateau_window, c.plateau_tol):
                     break
                 r.s["budget"], r.s["extensions"] = 2 * r.s["budget"], r.s["extensions"] + 1  # not plateaued: twice the epochs
                 bar.total += r.s["budget"] // 2 * steps
