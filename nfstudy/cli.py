@@ -1,6 +1,6 @@
 """``python -m nfstudy``: list figures, run them through their notebooks, aggregate seeds.
 
-    python -m nfstudy list
+    python -m nfstudy list [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy aggregate fig2 --profile quick
     python -m nfstudy report
@@ -281,6 +281,12 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 def _cmd_list(args) -> int:
     import experiments
 
+    if args.markdown:  # the generated reference, docs/reference.md
+        from .reference import figure_modules, markdown
+
+        _root()
+        sys.stdout.write(markdown(figure_modules()))
+        return 0
     for figure in figures_available():
         module = experiments.load(figure)
         title = (module.__doc__ or "").strip().splitlines()[0]
@@ -337,7 +343,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="--debug (anywhere) or NFSTUDY_DEBUG=1: show the traceback of an error",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="figures and their parameters per profile").set_defaults(func=_cmd_list)
+    listing = sub.add_parser("list", help="figures and their parameters per profile")
+    listing.add_argument("--markdown", action="store_true", help="the reference page (docs/reference.md) in Markdown")
+    listing.set_defaults(func=_cmd_list)
 
     run = sub.add_parser("run", help="run a figure's notebook for one or more seeds")
     run.add_argument("figure")
