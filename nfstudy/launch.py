@@ -150,27 +150,32 @@ def run_local(jobs: Sequence[Sequence[str]], slots: Sequence[Slot], folder: str 
     folder, cwd = Path(folder), cwd or os.getcwd()
     names = list(names or [" ".join(j) for j in jobs])
     pending, running, free, failed = list(range(len(jobs))), {}, list(slots), []
-    while pending or running:
-        while pending and free:
-            slot, index = free.pop(0), pending.pop(0)
-            job = _local_executor(submitit, folder, slot, timeout_min).submit(
-                submitit.helpers.CommandFunction(list(jobs[index]), verbose=False, cwd=cwd)
-            )
-            where = f"cuda device {slot.gpu}" if slot.gpu is not None else f"CPU ({slot.threads} threads)"
-            log(f"[nfstudy] {names[index]}: started on {where}, job {job.job_id}, logs {job.paths.stderr}")
-            running[index] = (job, slot)
-        time.sleep(POLL_S)
-        for index, (job, slot) in list(running.items()):
-            if not job.done():
-                continue
-            del running[index]
-            free.append(slot)
-            error = job.exception()
-            if error is None:
-                log(f"[nfstudy] {names[index]}: done")
-            else:
-                failed.append((index, str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__))
-                log(f"[nfstudy] {names[index]}: FAILED ({failed[-1][1]}); its log: {job.paths.stderr}")
+    try:
+        while pending or running:
+            while pending and free:
+                slot, index = free.pop(0), pending.pop(0)
+                job = _local_executor(submitit, folder, slot, timeout_min).submit(
+                    submitit.helpers.CommandFunction(list(jobs[index]), verbose=False, cwd=cwd)
+                )
+                where = f"cuda device {slot.gpu}" if slot.gpu is not None else f"CPU ({slot.threads} threads)"
+                log(f"[nfstudy] {names[index]}: started on {where}, job {job.job_id}, logs {job.paths.stderr}")
+                running[index] = (job, slot)
+            time.sleep(POLL_S)
+            for index, (job, slot) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[index]
+                free.append(slot)
+                error = job.exception()
+                if error is None:
+                    log(f"[nfstudy] {names[index]}: done")
+                else:
+                    failed.append((index, str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__))
+                    log(f"[nfstudy] {names[index]}: FAILED ({failed[-1][1]}); its log: {job.paths.stderr}")
+    except KeyboardInterrupt:
+        for job, _ in running.values():  # each `nfstudy run` keeps its attempt, as after a Ctrl-C by hand
+            job.cancel(check=False)
+        raise
     return failed
 
 
