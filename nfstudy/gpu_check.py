@@ -59,10 +59,10 @@ REDUCED: dict[str, dict[str, Any]] = {
     "fig7": {"size": 200, "samples": 2},
     "spp": {"depth": 20},
 }
-FIGURE_BUDGET_S: dict[str, float] = {"agc": 45, "fig1": 45, "fig3": 30, "fig6": 30}
-DEFAULT_FIGURE_BUDGET_S = 20.0
-CUDA_TESTS_BUDGET_S = 90.0
-BENCH_BUDGET_S = 90.0
+FIGURE_BUDGET_S: dict[str, float] = {"agc": 45, "fig1": 50, "fig3": 35, "fig6": 30}
+DEFAULT_FIGURE_BUDGET_S = 25.0
+CUDA_TESTS_BUDGET_S = 75.0
+BENCH_BUDGET_S = 60.0
 # Short, on the GPU: ResNet-110 at the paper's batch, 40 steps per epoch, 2 interleaved rounds.
 BENCH_ARGS = ("--model", "resnet110", "--images", "5120", "--rounds", "2")
 
@@ -147,7 +147,7 @@ def plan(root: Path, out: Path, device: str = "cuda", python: str | None = None)
     fails, so that a new figure cannot slip out of the check unnoticed."""
     python = python or sys.executable
     runs = out / "runs"
-    steps = [Step("environment", None, 30.0)]
+    steps = [Step("environment", None, 10.0)]
     junit = out / "logs" / "cuda-tests.xml"
     steps.append(Step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", f"--junitxml={junit}", "-p", "no:cacheprovider", str(root / "tests")],
                       CUDA_TESTS_BUDGET_S, _pytest_numbers(junit)))  # fmt: skip
