@@ -2,6 +2,7 @@
 
     python -m nfstudy list [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
+    python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
     python -m nfstudy aggregate fig2 --profile quick
     python -m nfstudy report
 
@@ -309,7 +310,12 @@ def _device_for(seed: int, device: str, gpus: str | None) -> str:
 
 
 def _cmd_run(args) -> int:
-    seeds = args.seeds if args.seeds else [args.seed]
+    from .launch import check_options, launch, parse_seeds
+
+    if args.launcher:
+        return launch(args)
+    check_options(args)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     overrides = _overrides(args)
     try:
         for seed in seeds:
@@ -351,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("figure")
     run.add_argument("--profile", default="paper", help="paper | quick (default paper)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--seeds", type=int, nargs="+", help="several seeds, one after the other")
+    run.add_argument("--seeds", nargs="+", metavar="SEEDS", help="several seeds: 0-9, 0,2,5, or 0 1 2; one after the other, or as jobs with --launcher")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
     run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")
@@ -359,6 +365,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter")
     run.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
     run.add_argument("--no-aggregate", action="store_true", help="skip the cross-seed figure and claims")
+    sweep = run.add_argument_group("sweeps", "one job per seed (nfstudy/launch.py, needs submitit)")
+    sweep.add_argument("--launcher", help="local: local processes (one per visible GPU), then aggregate | slurm: submit to SLURM")
+    sweep.add_argument("--partition", help="SLURM partition")
+    sweep.add_argument("--account", help="SLURM account")
+    sweep.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job (default 1)")
+    sweep.add_argument("--timeout-min", type=float, help="a job's time limit in minutes (default: SLURM 1 day, local 1 week)")
+    sweep.add_argument("--jobs", type=int, help="local CPU processes at a time (default: half the cores; with GPUs one per GPU)")
     run.set_defaults(func=_cmd_run)
 
     agg = sub.add_parser("aggregate", help="the cross-seed figure and claims of a figure")
