@@ -1,6 +1,6 @@
 """Shared plotting style: series names, colours, and small helpers.
 
-Each figure's own drawing lives in ``nfstudy.figures.<figure>.plot``; this module keeps
+Each figure's own drawing lives in ``plot`` of each figure module (``experiments/<figure>.py``); this module keeps
 every figure consistent (BN is always blue, no-BN red, NF green, ...).
 """
 
