@@ -55,12 +55,13 @@ from nfstudy.clip import GradientClipper
 from nfstudy.constants import DIVERGENCE
 from nfstudy.data import load_dataset
 from nfstudy.models import NORMS
-from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
+from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
+from nfstudy.series import split_agc
 from nfstudy.train import TrainConfig, train
 
-from ._common import check_network_params, history_table, make_resnet, split_agc
+from ._common import check_network_params, history_table, make_resnet
 
 FIGURE = "agc"
 TITLE = "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)"
@@ -349,7 +350,7 @@ def plot(tables: dict[str, pd.DataFrame]):
     seeds = sorted(summary["seed"].unique())
     n_seeds = len(seeds)
     order = list(dict.fromkeys(summary["series"]))
-    clipped = [s for s in order if s.endswith(AGC_SUFFIX)]
+    clipped = [s for s in order if split_agc(s)[1]]
     batch_sizes = sorted(summary["batch_size"].unique())
     chance = 100 * float(summary["chance_accuracy"].iloc[0])
     fig, axes = figure(1, 1 + len(clipped), width=5.0, height=4.0)
@@ -520,7 +521,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     chance = 100.0 * float(summary["chance_accuracy"].iloc[0])
     a = panel_a(summary)
     series = list(dict.fromkeys(summary["series"]))
-    clipped = [s for s in series if s.endswith(AGC_SUFFIX)]
+    clipped = [s for s in series if split_agc(s)[1]]
     found = []
     band = {"comparison": "between", "threshold": -PARITY_BAND, "threshold_high": PARITY_BAND}
     if "bn" in series:

@@ -51,9 +51,10 @@ from nfstudy.models import NORMS, PAPER_INIT
 from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
+from nfstudy.series import network_of, series_name, split_agc, split_series
 from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
-from ._common import AGC_SUFFIX, check_network_params, history_table, make_resnet, split_agc
+from ._common import check_network_params, history_table, make_resnet
 
 FIGURE = "fig1"
 TITLE = "Accuracy during training at several learning rates (Bjorck et al. 2018, Fig. 1)"
@@ -65,12 +66,12 @@ AGC_SERIES = ("none+agc@0.1", "nf+agc@0.1")
 def parse_series(spec: str) -> tuple[str, float, bool]:
     """``"bn@0.1"`` -> ``("bn", 0.1, False)``, ``"none+agc@0.1"`` -> ``("none", 0.1, True)``
     (trained with AGC); a clear error for anything else."""
-    net, sep, lr = str(spec).partition("@")
+    net, lr = split_series(spec)
     try:
         value = float(lr)
     except ValueError:
         value = None
-    if not sep or value is None:
+    if value is None:
         raise ValueError(f"series must be norm@lr or norm+agc@lr, e.g. 'bn@0.1' or 'none+agc@0.1'; got {spec!r}")
     norm, agc = split_agc(net)
     check_choice("norm in series", norm, NORMS)
@@ -81,7 +82,7 @@ def parse_series(spec: str) -> tuple[str, float, bool]:
 def series_name(norm: str, lr: float, agc: bool = False) -> str:
     """The ``series`` column: ``bn@lr=0.1``, ``none+agc@lr=0.1`` (``nfstudy.plots.series_label``
     shows "BN, lr=0.1", "no BN + AGC, lr=0.1")."""
-    return f"{norm}{AGC_SUFFIX if agc else ''}@lr={lr:g}"
+    return series_name(norm, agc, f"lr={lr:g}")
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def run(
 
 def _network(series: str) -> str:
     """``"none+agc@lr=0.1"`` -> ``"none+agc"``: the network and its clipping, without the lr."""
-    return str(series).partition("@")[0]
+    return network_of(series)
 
 
 def _clipping(df: pd.DataFrame) -> pd.Series:
@@ -257,7 +258,7 @@ def _label(series: str, agc_lambda: float) -> str:
     """``"no BN + AGC (λ=0.08), lr=0.1"``: the plots' label with the threshold."""
     if np.isnan(agc_lambda):
         return series_label(series)
-    network, _, rest = str(series).partition("@")
+    network, rest = split_series(series)
     return f"{series_label(network)} (λ={agc_lambda:g})" + (f", {rest}" if rest else "")
 
 

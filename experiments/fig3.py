@@ -48,8 +48,9 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
+from nfstudy.series import series_name, split_agc
 
-from ._common import AGC_SUFFIX, check_network_params, make_resnet, split_agc
+from ._common import check_network_params, make_resnet
 
 FIGURE = "fig3"
 TITLE = "Relative loss along the update direction, early in training (Bjorck et al. 2018, Fig. 3)"
@@ -57,7 +58,7 @@ TITLE = "Relative loss along the update direction, early in training (Bjorck et 
 
 def parse_series(spec: str) -> tuple[str, bool]:
     """``"none+agc"`` -> ``("none", True)``, ``"bn"`` -> ``("bn", False)``."""
-    check_choice("series", str(spec), NORMS + tuple(n + AGC_SUFFIX for n in NORMS))
+    check_choice("series", str(spec), NORMS + tuple(series_name(n, agc=True) for n in NORMS))
     return split_agc(spec)
 
 

@@ -112,3 +112,18 @@ def test_every_notebook_exposes_every_parameter_of_its_experiment():
         defaults = {name: p["default"] for name, p in found.items()}
         assert defaults["profile"] == '"quick"' and defaults["seed"] == "0" and defaults["device"] == '"auto"', figure
         assert {defaults[name] for name in fields | {"results_dir"}} == {"None"}, figure
+
+
+def test_series_names_are_built_and_parsed_in_one_place():
+    from nfstudy.series import network_of, series_name, split_agc, split_series
+
+    assert series_name("none", True, "lr=0.1") == "none+agc@lr=0.1" and series_name("bn") == "bn"
+    for norm, agc, tag in [("bn", False, ""), ("none", True, "lr=0.1"), ("nf", True, ""), ("ws", False, "0.003")]:
+        network, found = split_series(series_name(norm, agc, tag))
+        assert (split_agc(network), found) == ((norm, agc), tag)
+        assert network_of(series_name(norm, agc, tag)) == series_name(norm, agc)
+    # no other module takes a series name apart by hand
+    for path in [*(ROOT / "nfstudy").rglob("*.py"), *(ROOT / "experiments").glob("*.py")]:
+        if path.name != "series.py":
+            text = path.read_text()
+            assert 'partition("@")' not in text and "endswith(AGC_SUFFIX)" not in text, path
