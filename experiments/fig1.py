@@ -51,7 +51,8 @@ from nfstudy.models import NORMS, PAPER_INIT
 from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
-from nfstudy.series import network_of, series_name, split_agc, split_series
+from nfstudy.series import network_of, split_agc, split_series
+from nfstudy.series import series_name as tagged_series_name
 from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
 from ._common import check_network_params, history_table, make_resnet
@@ -82,7 +83,7 @@ def parse_series(spec: str) -> tuple[str, float, bool]:
 def series_name(norm: str, lr: float, agc: bool = False) -> str:
     """The ``series`` column: ``bn@lr=0.1``, ``none+agc@lr=0.1`` (``nfstudy.plots.series_label``
     shows "BN, lr=0.1", "no BN + AGC, lr=0.1")."""
-    return series_name(norm, agc, f"lr={lr:g}")
+    return tagged_series_name(norm, agc, f"lr={lr:g}")
 
 
 @dataclass(frozen=True)
