@@ -3,12 +3,24 @@ figure's parameters (``model``, ``depth``, ``init``: see :mod:`nfstudy.models.re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 from nfstudy.data import DATASETS, TRAIN_IMAGES
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
 from nfstudy.params import check_choice, check_positive
 from nfstudy.series import network_of, split_agc
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    """The parameters every network figure has, first in its ``Params``: the data set and the
+    depth of its ResNet (:func:`make_resnet`). A figure's ``Params`` subclasses this and adds
+    its own; a figure with another default redeclares the field, which keeps its place."""
+
+    dataset: str = "cifar10"  # cifar10 | digits | synthetic
+    depth: int = 110  # ResNet depth, 6n+2 (the paper's ResNet-110)
 
 
 def model_name(params) -> str:

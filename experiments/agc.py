@@ -61,7 +61,7 @@ from nfstudy.runtime import resolve_device
 from nfstudy.series import split_agc
 from nfstudy.train import TrainConfig, train
 
-from ._common import check_network_params, history_table, make_resnet
+from ._common import NetworkParams, check_network_params, history_table, make_resnet
 
 FIGURE = "agc"
 TITLE = "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)"
@@ -87,10 +87,9 @@ def scaled_lr(batch_size: int, reference_lr: float, reference_batch_size: int) -
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
+class Params(NetworkParams):
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
-    depth: int = 56  # ResNet depth, 6n+2
+    depth: int = 56  # ResNet-56, the CIFAR depth closest to the paper's ResNet-50
     init: str = "kaiming_fan_out"  # torchvision's default; NF's WS convs are insensitive to it
     epochs: int = 90  # the same budget at every batch size: fewer steps at larger batches
     batch_sizes: tuple[int, ...] = PAPER_BATCH_SIZES

@@ -55,7 +55,7 @@ from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
 from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
-from ._common import check_network_params, history_table, make_resnet
+from ._common import NetworkParams, check_network_params, history_table, make_resnet
 
 FIGURE = "fig1"
 TITLE = "Accuracy during training at several learning rates (Bjorck et al. 2018, Fig. 1)"
@@ -87,10 +87,8 @@ def series_name(norm: str, lr: float, agc: bool = False) -> str:
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
+class Params(NetworkParams):
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
-    depth: int = 110  # ResNet depth, 6n+2
     init: str = PAPER_INIT  # the paper's network; the quick profile: see the module docstring
     epochs: int = 165  # the budget (before any plateau extension)
     batch_size: int = 128

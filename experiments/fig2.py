@@ -29,16 +29,14 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "fig2"
 TITLE = "Gradients of a conv kernel at initialisation (Bjorck et al. 2018, Fig. 2)"
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
-    depth: int = 110  # ResNet depth, 6n+2
+class Params(NetworkParams):
     layer: int = 55  # weight layer, numbered from the input (1..depth)
     batch_size: int = 128
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/

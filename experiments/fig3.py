@@ -50,7 +50,7 @@ from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
 from nfstudy.series import series_name, split_agc
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "fig3"
 TITLE = "Relative loss along the update direction, early in training (Bjorck et al. 2018, Fig. 3)"
@@ -63,10 +63,8 @@ def parse_series(spec: str) -> tuple[str, bool]:
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
+class Params(NetworkParams):
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
-    depth: int = 110  # ResNet depth, 6n+2
     batch_size: int = 128
     init: str = PAPER_INIT  # the paper's network (results/init_survey/)
     series: tuple[str, ...] = ("bn", "none", "nf", "none+agc", "nf+agc")  # a norm, +agc: trained with AGC

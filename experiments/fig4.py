@@ -44,16 +44,14 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import channel_moments_along_update
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "fig4"
 TITLE = "Channel means and variances during one update at a diverging learning rate (Bjorck et al. 2018, Fig. 4)"
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
-    depth: int = 110  # ResNet depth, 6n+2
+class Params(NetworkParams):
     layers: tuple[int, ...] = (8, 44, 80)  # weight layers numbered from the input
     batch_size: int = 128
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/

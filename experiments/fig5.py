@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfstudy.claims import Claim, near
+from nfstudy.claims import Claim
 from nfstudy.data import load_dataset
 from nfstudy.models import PAPER_INIT
 from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "fig5"
 TITLE = "Channel statistics vs depth at initialisation (Bjorck et al. 2018, Fig. 5)"
@@ -48,9 +48,7 @@ STATISTICS = ("avg_channel_abs_mean", "avg_channel_std", "avg_channel_var", "avg
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
-    depth: int = 110  # ResNet depth, 6n+2
+class Params(NetworkParams):
     layers: tuple[int, ...] = (6, 18, 30, 42, 54, 66, 78, 90, 102)  # the paper's x-axis
     networks: int = 10  # independent initialisations per series
     batch_size: int = 128

@@ -42,16 +42,14 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "fig6"
 TITLE = "Gradients of the output logits at initialisation (Bjorck et al. 2018, Fig. 6)"
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"
-    depth: int = 110  # ResNet depth, 6n+2
+class Params(NetworkParams):
     networks: int = 10  # independent initialisations per series (the heatmap shows the median one)
     batch_size: int = 128  # the heatmap's rows
     epoch: bool = True  # also average the median network's logit gradients over one epoch

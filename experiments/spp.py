@@ -45,7 +45,7 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, make_resnet
 
 FIGURE = "spp"
 TITLE = "Signal propagation at initialisation (Brock, De, Smith 2021)"
@@ -54,9 +54,7 @@ STATISTICS = ("avg_channel_sq_mean", "avg_channel_var", "branch_avg_channel_sq_m
 
 
 @dataclass(frozen=True)
-class Params:
-    dataset: str = "cifar10"  # the real images
-    depth: int = 110  # ResNet depth, 6n+2
+class Params(NetworkParams):
     batch_size: int = 128
     init: str = "kaiming_fan_out"  # torchvision's ResNet default
     series: tuple[str, ...] = ("bn", "none", "nf", "nf_no_ws")
