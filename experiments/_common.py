@@ -1,20 +1,26 @@
-"""Pieces the figure modules share: the ``+agc`` series suffix and the network of a
+"""Pieces the figure modules share: the network of a
 figure's parameters (``model``, ``depth``, ``init``: see :mod:`nfstudy.models.registry`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 
 from nfstudy.data import DATASETS, TRAIN_IMAGES
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
-from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
+from nfstudy.params import check_choice, check_positive
+from nfstudy.series import network_of, split_agc
 
 
-def split_agc(spec: str) -> tuple[str, bool]:
-    """``"none+agc"`` -> ``("none", True)``, ``"bn"`` -> ``("bn", False)``; the caller checks the norm."""
-    spec = str(spec)
-    agc = spec.endswith(AGC_SUFFIX)
-    return (spec[: -len(AGC_SUFFIX)] if agc else spec), agc
+@dataclass(frozen=True)
+class NetworkParams:
+    """The parameters every network figure has, first in its ``Params``: the data set and the
+    depth of its ResNet (:func:`make_resnet`). A figure's ``Params`` subclasses this and adds
+    its own; a figure with another default redeclares the field, which keeps its place."""
+
+    dataset: str = "cifar10"  # cifar10 | digits | synthetic
+    depth: int = 110  # ResNet depth, 6n+2 (the paper's ResNet-110)
 
 
 def model_name(params) -> str:
@@ -32,7 +38,7 @@ def make_resnet(params, norm: str, num_classes: int):
 
 def series_norm(spec) -> str:
     """The network of a series entry: ``"none+agc@0.1"`` -> ``"none"``, ``"bn"`` -> ``"bn"``."""
-    return split_agc(str(spec).partition("@")[0])[0]
+    return split_agc(network_of(spec))[0]
 
 
 def check_depth(depth) -> None:

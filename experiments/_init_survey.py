@@ -4,7 +4,7 @@ The paper does not state its initialisation (PAPERS.md section D). For the CIFAR
 ResNet-110 with BN and without BN (the same conv weights: each figure seeds both series
 alike) and every candidate of :data:`nfstudy.models.INITS`, this measures the magnitudes
 the paper's figures show, through the figures' own ``run()`` functions at their paper
-profile (``experiments.params_for(fig, "paper", dataset=..., init=..., series=...)``):
+profile (``nfstudy_experiments.params_for(fig, "paper", dataset=..., init=..., series=...)``):
 
 * Fig. 2: the range of the layer-55 kernel gradient at initialisation (max |g| and the
   99.9% quantile of |g|), BN and no BN, and their ratio;
@@ -24,8 +24,8 @@ Writes ``init_survey.csv`` (tidy: init, network, figure, magnitude, value, paper
 data) and ``init_survey.md`` (the table, the factor by which each init misses each paper
 magnitude, and the ranking) into ``--out``::
 
-    python -m experiments._init_survey --device cpu --dataset synthetic --out results/init_survey
-    python -m experiments._init_survey --device cuda --preset full --out results/init_survey
+    python -m nfstudy_experiments._init_survey --device cpu --dataset synthetic --out results/init_survey
+    python -m nfstudy_experiments._init_survey --device cuda --preset full --out results/init_survey
 
 ``--preset cpu`` (default) is the smallest run that measures every magnitude (one network
 per series for Figs. 5 and 6, six fractions of the Fig. 4 update, short training on 8x8
@@ -46,12 +46,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from experiments import params_for
 from nfstudy.data import DATASETS, load_dataset
 from nfstudy.models import INITS, cifar_resnet
 from nfstudy.runs import atomic_write, atomic_write_csv
 from nfstudy.runtime import progress, resolve_device
 from nfstudy.train import TrainConfig, train
+
+from . import params_for
 
 PAPER_DEPTH = 110
 FIG2_LAYER = 55
@@ -133,7 +134,7 @@ def _row(init, network, figure, magnitude, value, data):
 
 
 def fig2_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig2
+    from . import fig2
 
     (layer,) = scaled_layers((FIG2_LAYER,), s.depth)
     p = params_for("fig2", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth, layer=layer,
@@ -152,7 +153,7 @@ def fig2_rows(init: str, s: Survey, device) -> list[dict]:
 
 
 def fig5_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig5
+    from . import fig5
 
     layers = scaled_layers(FIG5_LAYERS, s.depth)
     p = params_for("fig5", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth, layers=layers,
@@ -182,7 +183,7 @@ def fig5_rows(init: str, s: Survey, device) -> list[dict]:
 
 
 def fig6_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig6
+    from . import fig6
 
     p = params_for("fig6", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth,
                    networks=s.networks, batch_size=s.batch_size, epoch=False)  # fmt: skip
@@ -219,7 +220,7 @@ def _last_finite_fraction(x: pd.DataFrame) -> float:
 
 def fig4_rows(init: str, s: Survey, device) -> list[dict]:
     """At the figure's learning rate (the ranked rows) and at ``fig4_extra_lrs``."""
-    from experiments import fig4
+    from . import fig4
 
     layers = scaled_layers(FIG4_LAYERS, s.depth)
     p = params_for("fig4", "paper", dataset=s.dataset, init=init, series=("none",), depth=s.depth, layers=layers,
@@ -393,7 +394,7 @@ def report(table: pd.DataFrame, s: Survey, device: str) -> str:
     parts = [
         "# Which initialisation is the paper's network? (issue 11)",
         "",
-        "Written by `python -m experiments._init_survey` (experiments/_init_survey.py); "
+        "Written by `python -m nfstudy_experiments._init_survey` (experiments/_init_survey.py); "
         f"device {device}; {settings}.",
         "No BN = the same conv weights as BN (each figure seeds both series alike). Data per probe: "
         + "; ".join(f"{f}: {d}" for f, d in data.items() if f in PROBES) + ".",
@@ -422,7 +423,7 @@ def report(table: pd.DataFrame, s: Survey, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments._init_survey", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nfstudy_experiments._init_survey", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for init_survey.csv and init_survey.md")
     parser.add_argument("--device", default="auto", help="cpu, cuda, auto")
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))

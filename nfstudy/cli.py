@@ -18,6 +18,8 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -25,9 +27,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-__all__ = ["aggregate", "main", "run_figure"]
+__all__ = ["FIGURE_PACKAGE", "aggregate", "figure_package", "load_figure", "main", "run_figure"]
 
 # What every template's parameters cell has besides the experiment's own parameters.
 RUN_PARAMETERS = ("profile", "seed", "device", "results_dir")
@@ -40,25 +43,58 @@ def _root() -> Path:
     root = project_root()
     if root is None:
         raise SystemExit(
-            "nfstudy's notebooks and experiments live in its repository checkout; "
+            "nfstudy's notebooks live in its repository checkout; "
             "install it with `pip install -e <checkout>` (make setup does) to run figures."
         )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     return root
 
 
-def figures_available() -> list[str]:
-    return sorted(p.stem for p in (_root() / "notebooks").glob("*.ipynb"))
+# The import name of the figure package, the folder experiments/ (pyproject.toml maps one
+# to the other): a name of nfstudy's own, so that installing it adds no generic `experiments`.
+FIGURE_PACKAGE = "nfstudy_experiments"
+
+
+def figure_package() -> ModuleType:
+    """The figure package (``FIGURES``, ``load``, ``params_for``), imported from the checkout
+    this ``nfstudy`` comes from: with two checkouts (a worktree run with ``PYTHONPATH`` and
+    another checkout's editable install) the figures match the library. An installed
+    nfstudy (no checkout) imports the installed package. The library never imports it."""
+    if FIGURE_PACKAGE in sys.modules:
+        return sys.modules[FIGURE_PACKAGE]
+    from .runs import project_root
+
+    root = project_root()
+    init = root / "experiments" / "__init__.py" if root else None
+    if init is None or not init.is_file():
+        return importlib.import_module(FIGURE_PACKAGE)
+    spec = importlib.util.spec_from_file_location(FIGURE_PACKAGE, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[FIGURE_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[FIGURE_PACKAGE]
+        raise
+    return module
+
+
+def load_figure(figure: str) -> ModuleType:
+    """The module of one figure (its Params, PROFILES, TABLES, run, plot, claims, TITLE)."""
+    return figure_package().load(figure)
+
+
+def figures_available() -> tuple[str, ...]:
+    """Every figure, in the report's order (the figure package's ``FIGURES``)."""
+    return figure_package().FIGURES
+
+
+def figure_modules() -> dict[str, ModuleType]:
+    """Every figure's module, name -> module, in the report's order."""
+    return {figure: load_figure(figure) for figure in figures_available()}
 
 
 def _experiment(figure: str):
-    from .params import check_choice
-
-    check_choice("figure", figure, figures_available())
-    import experiments
-
-    return experiments.load(figure)
+    return load_figure(figure)
 
 
 def _parse_value(text: str) -> Any:
@@ -280,18 +316,14 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
 
 def _cmd_list(args) -> int:
-    import experiments
-
     if args.markdown:  # the generated reference, docs/reference.md
-        from .reference import figure_modules, markdown
+        from .reference import markdown
 
-        _root()
         sys.stdout.write(markdown(figure_modules()))
         return 0
     for figure in figures_available():
-        module = experiments.load(figure)
-        title = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{figure}: {title}")
+        module = load_figure(figure)
+        print(f"{figure}: {module.TITLE}")
         profiles = module.PROFILES
         for field in dataclasses.fields(module.Params):
             per_profile = "  ".join(f"{p}={getattr(v, field.name)!r}" for p, v in profiles.items())

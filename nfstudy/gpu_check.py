@@ -91,7 +91,10 @@ class Step:
 
 
 def _figures(root: Path) -> list[str]:
-    return sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+    """The figure registry (``FIGURES``); ``root`` is kept for callers that name a checkout."""
+    from .cli import figures_available
+
+    return sorted(figures_available())
 
 
 def _param_args(overrides: dict[str, Any]) -> list[str]:

@@ -16,10 +16,9 @@ import io
 import textwrap
 import tokenize
 from collections.abc import Mapping
-from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["REGENERATE", "field_docs", "figure_modules", "markdown"]
+__all__ = ["REGENERATE", "field_docs", "markdown"]
 
 REGENERATE = "python -m nfstudy list --markdown > docs/reference.md"
 
@@ -125,25 +124,3 @@ def markdown(figures: Mapping[str, Any]) -> str:
     for name, module in figures.items():
         lines += _figure_section(name, module)
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-# --- ADAPTER to today's layout: the ONE place to swap when the figure modules are merged ---
-# After the restructuring each figure is one module with TITLE, Params, PROFILES and TABLES;
-# then this becomes:
-#     import nfstudy_experiments
-#     return {f: nfstudy_experiments.load(f) for f in nfstudy_experiments.FIGURES}
-def figure_modules() -> dict[str, Any]:
-    """Every figure, name -> a module-like object with ``TITLE``, ``Params``, ``PROFILES``, ``TABLES``."""
-    import experiments
-
-    from . import figures
-
-    return {
-        name: SimpleNamespace(
-            TITLE=figures.load(name).TITLE,
-            Params=experiments.load(name).Params,
-            PROFILES=experiments.load(name).PROFILES,
-            TABLES=None,  # not declared yet: rendered "(schema not declared)"
-        )
-        for name in experiments.available()
-    }

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import agc
 
 # ResNet-8 on 8x8 digits, 2 epochs at batches 64 and 512 (lr 0.1 at 64, no warmup): about a
 # second per run. A threshold of 1e9 never clips, so that run must equal the unclipped one bit
@@ -19,13 +19,13 @@ TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01,
 
 
 def tiny_run(seed=0, **overrides):
-    from experiments import agc, params_for
+    from nfstudy_experiments import agc, params_for
 
     return agc.run(params_for("agc", "quick", **{**TINY, **overrides}), seed=seed, device="cpu")
 
 
 def test_learning_rate_scales_linearly_with_the_batch():
-    from experiments import agc, params_for
+    from nfstudy_experiments import agc, params_for
 
     paper = params_for("agc", "paper")
     assert paper.batch_sizes == (256, 512, 1024, 2048, 4096)
@@ -46,6 +46,8 @@ def test_learning_rate_scales_linearly_with_the_batch():
 def test_the_sweep_runs_every_series_at_every_batch_and_threshold():
     tables = tiny_run()
     summary, history = tables["summary"], tables["history"]
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(agc.TABLES[n]) for n in tables}
     runs = list(zip(summary["series"], summary["agc_lambda"].fillna(0), summary["batch_size"]))
     assert runs == [
         ("bn", 0, 64), ("bn", 0, 512), ("nf", 0, 64), ("nf", 0, 512),
@@ -111,7 +113,7 @@ FIG2_LIKE = [
 
 def _claims(rows):
     """The claims of a constructed table, by a short name."""
-    found = figures.load("agc").claims(_summary(rows))
+    found = agc.claims(_summary(rows))
     names = ["bn trained", "bn flat", "parity", "collapse", "lambda"]
     assert len(found) == len(names), [c.claim for c in found]
     return dict(zip(names, found, strict=True))
@@ -122,7 +124,7 @@ def _replace(rows, series, batch, accuracy, lam=None):
 
 
 def test_claims_of_the_paper_pass_on_a_paper_like_table():
-    module = figures.load("agc")
+    module = agc
     tables = _summary(FIG2_LIKE)
     assert module.lambda_spread(tables["summary"], "nf+agc").to_dict() == pytest.approx({32: 2.5, 128: 2.0, 512: 86.0})
     assert module.loosest_good_lambda(tables["summary"], "nf+agc").to_dict() == {32: 0.16, 128: 0.16, 512: 0.01}
@@ -207,7 +209,7 @@ def test_negative_control_larger_lambda_at_larger_batch_fails():
 
 
 def test_claims_leave_out_what_the_run_lacks():
-    module = figures.load("agc")
+    module = agc
     no_bn = [r for r in FIG2_LIKE if r[0] != "bn"]
     assert [c.claim.split(" (")[0] for c in module.claims(_summary(no_bn))] == [
         "Without AGC the NF-ResNet collapses at the largest batch",
@@ -219,7 +221,7 @@ def test_claims_leave_out_what_the_run_lacks():
 
 def test_plot_has_both_panels_bands_over_seeds_and_marks_divergence():
     tables = {"summary": pd.concat([_summary(PAPER_LIKE, seed)["summary"] for seed in (0, 1)], ignore_index=True)}
-    fig = figures.load("agc").plot(tables)
+    fig = agc.plot(tables)
     batch_ax, lambda_ax = fig.axes[:2]
     assert [t.get_text() for t in batch_ax.get_xticklabels()] == ["64", "1024"]
     assert [t.get_text() for t in lambda_ax.get_xticklabels()] == ["0.01", "0.04", "0.16"]
@@ -243,7 +245,7 @@ def test_plot_has_both_panels_bands_over_seeds_and_marks_divergence():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="series must be a norm, optionally with \\+agc"):
         params_for("agc", "quick", series=["nf+clip+agc"])
@@ -285,7 +287,7 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
     claims = pd.read_csv(folder / "claims.csv")
     assert len(claims) == 5  # BN trained, BN flat, parity, NF collapse, smaller lambda
     # claims.csv is what the figure module computes from the saved tables.
-    recomputed = figures.load("agc").claims({"summary": summary, "history": pd.read_csv(folder / "history.csv")})
+    recomputed = agc.claims({"summary": summary, "history": pd.read_csv(folder / "history.csv")})
     np.testing.assert_allclose(claims["value"], [c.value for c in recomputed])
     assert (base / "agc.png").stat().st_size > 10_000 and (base / "claims.csv").is_file()
     before = {p.name: p.read_bytes() for p in folder.glob("*.csv")}

@@ -25,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nfstudy import cli, figures, runs
+from nfstudy import cli, runs
 from nfstudy.claims import across_seeds, claims_table, normalize
 from nfstudy.cli import main
 from nfstudy.params import to_dict
+from nfstudy_experiments import fig7
 
 FIG7 = ["-p", "size", "40", "-p", "samples", "2"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes | None = None) -> runs.Run:
     """One seed of a tiny fig7 through the Run API (as its notebook does); ``fail`` is
     raised after the tables were written, before the claims."""
-    from experiments import fig7, params_for
+    from nfstudy_experiments import fig7, params_for
 
     params = params_for("fig7", "quick", size=40, samples=2)
     with runs.Run.start("fig7", "quick", seed, to_dict(params), device="cpu", root=root) as run:
@@ -46,7 +47,7 @@ def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes 
             runs.atomic_write(run.dir / "checkpoints" / "series" / "checkpoint.pt", checkpoint)
         if fail is not None:
             raise fail
-        run.save_claims(claims_table("fig7", figures.load("fig7").claims(tables)))
+        run.save_claims(claims_table("fig7", fig7.claims(tables)))
     return run
 
 

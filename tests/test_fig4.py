@@ -6,19 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import fig4
 
 
 TINY = ["-p", "depth", "20", "-p", "layers", "[2, 10, 18]", "-p", "batch_size", "16", "-p", "n_fractions", "3"]
 
 
 def test_experiment_tables_at_tiny_size():
-    from experiments import fig4, params_for
+    from nfstudy_experiments import fig4, params_for
 
     # ResNet-20: stem 1, stage 1 = layers 2..7 (16 channels), stage 2 = 8..13 (32), stage 3 = 14..19 (64)
     params = params_for("fig4", "quick", depth=20, layers=(2, 10, 18), batch_size=16, n_fractions=5, lr=0.05)
     tables = fig4.run(params, seed=0, device="cpu")
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig4.TABLES[n]) for n in tables}
     moments, losses = tables["channel_moments"], tables["update_loss"]
     sizes = moments.groupby(["series", "layer"], sort=False)["channel"].nunique().to_dict()
     assert sizes == {(s, k): c for s in ("none", "nf") for k, c in ((2, 16), (10, 32), (18, 64))}
@@ -31,7 +33,7 @@ def test_experiment_tables_at_tiny_size():
     np.testing.assert_allclose(losses["step_size"], losses["fraction"] * 0.05)
     assert (losses.loc[losses["fraction"] == 0, "relative_loss"] == 1.0).all()
     # The activations move along the update: the no-BN network's deep layer changes the most.
-    lv = figures.load("fig4").layer_variance(moments.assign(seed=0))
+    lv = fig4.layer_variance(moments.assign(seed=0))
     none = lv[lv["series"] == "none"].pivot_table(index="fraction", columns="layer", values="variance")
     growth = none.iloc[-1] / none.iloc[0]
     assert (growth != 1.0).all()
@@ -64,7 +66,7 @@ def _claims(tables) -> dict:
             "During the diverging update the no-BN network's layer-80 ": "layer80", "The activations blow up with depth": "growth",
             "The blow-up happens during the update": "during", "(beyond the paper) The NF-ResNet": "nf"}
     found = {}
-    for c in figures.load("fig4").claims(tables):
+    for c in fig4.claims(tables):
         (key,) = [k for start, k in keys.items() if c.claim.startswith(start)]
         found[key] = c
     return found
@@ -105,7 +107,7 @@ def test_negative_control_a_calm_update_fails():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import fig4, params_for
+    from nfstudy_experiments import fig4, params_for
 
     with pytest.raises(ValueError, match=r"layer 80 does not exist in a ResNet-56: choose weight layers 1\.\.56 .*: 4, 22, 41\)"):
         params_for("fig4", "quick", depth=56)
@@ -125,5 +127,5 @@ def test_papermill_run_writes_every_contract_file(results_root):
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("channel_moments", "update_loss")}
     assert len(tables["channel_moments"]) == 2 * 3 * (16 + 32 + 64)
     claims = pd.read_csv(folder / "claims.csv")
-    np.testing.assert_allclose(claims["value"], [c.value for c in figures.load("fig4").claims(tables)])
+    np.testing.assert_allclose(claims["value"], [c.value for c in fig4.claims(tables)])
     assert (results_root / "fig4" / "quick" / "fig4.png").stat().st_size > 10_000

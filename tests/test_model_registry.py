@@ -79,8 +79,8 @@ def test_resnet101_trains_a_step_at_32x32(resnet101_pair):
 
 
 def test_default_model_is_the_papers_cifar_resnet():
-    from experiments import params_for
-    from experiments._common import make_resnet
+    from nfstudy_experiments import params_for
+    from nfstudy_experiments._common import make_resnet
 
     for figure in ("fig1", "fig2", "fig3", "fig5", "fig6"):
         params = params_for(figure, "quick")
@@ -91,7 +91,7 @@ def test_default_model_is_the_papers_cifar_resnet():
 
 
 def test_bad_model_parameters_name_the_choices():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="unknown model 'resnet101': choose one of cifar_resnet, torchvision_resnet"):
         params_for("fig2", "quick", model="resnet101")
@@ -125,7 +125,7 @@ TV = {"model": "torchvision_resnet", "depth": 101, "series": ["bn", "none"], "in
 
 
 def test_fig2_runs_on_resnet101():
-    from experiments import fig2, params_for
+    from nfstudy_experiments import fig2, params_for
 
     params = params_for("fig2", "quick", **TV, layer=54, batch_size=8)
     tables = fig2.run(params, seed=0, device="cpu")
@@ -137,7 +137,7 @@ def test_fig2_runs_on_resnet101():
 
 
 def test_fig5_runs_on_resnet101():
-    from experiments import fig5, params_for
+    from nfstudy_experiments import fig5, params_for
 
     params = params_for("fig5", "quick", **TV, layers=[4, 52, 100], networks=2, batch_size=8)
     table = fig5.run(params, seed=0, device="cpu")["activation_stats"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import experiments
+import nfstudy_experiments
 from nfstudy import cli
 from nfstudy.params import resolve
 from nfstudy.train import _parser as train_parser
@@ -48,7 +48,7 @@ def check_nfstudy(argv: list[str]) -> None:
     ``nfstudy run`` does before it starts a kernel."""
     args = cli._parser().parse_args(argv)
     if argv[0] == "run":
-        module = experiments.load(args.figure)
+        module = nfstudy_experiments.load(args.figure)
         resolve(module.PROFILES, args.profile, cli._overrides(args))
 
 
@@ -119,7 +119,7 @@ def _claims_rows(section: str) -> list[list[str]]:
     return [re.split(r"(?<!\\)\|", line)[1:-1] for line in rows]
 
 
-@pytest.mark.parametrize("figure", experiments.available())
+@pytest.mark.parametrize("figure", nfstudy_experiments.FIGURES)
 def test_the_readme_has_the_figure(figure):
     import pandas as pd
 

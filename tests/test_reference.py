@@ -9,7 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from nfstudy import cli
-from nfstudy.reference import REGENERATE, field_docs, figure_modules, markdown
+from nfstudy.cli import figure_modules
+from nfstudy.reference import REGENERATE, field_docs, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

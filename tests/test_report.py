@@ -3,18 +3,19 @@ import shutil
 
 import pytest
 
-from nfstudy import figures, runs
+from nfstudy import runs
 from nfstudy.claims import claims_table
-from nfstudy.report import FIGURE_ORDER, build_report
+from nfstudy.report import build_report
+from nfstudy_experiments import FIGURES, fig2, load
 
 
 def _fig2_run(root, seed):
-    from experiments import fig2, params_for
+    from nfstudy_experiments import fig2, params_for
 
     params = params_for("fig2", "quick", depth=44, layer=22, batch_size=16)
     run = runs.Run.start("fig2", "quick", seed, {}, dataset=params.dataset, device="cpu", root=root)
     tables = run.save_tables(fig2.run(params, seed=seed, device="cpu"))
-    run.save_claims(claims_table("fig2", figures.load("fig2").claims(tables)))
+    run.save_claims(claims_table("fig2", fig2.claims(tables)))
     run.finish()
     return run.dir
 
@@ -22,8 +23,10 @@ def _fig2_run(root, seed):
 def test_empty_results_list_every_figure_as_not_yet_run(tmp_path):
     page = build_report(tmp_path / "results").read_text()
     assert "## Not yet run" in page
-    for figure in FIGURE_ORDER:
+    for figure in FIGURES:
         assert f"`make {figure} PROFILE=quick`" in page
+        # the title the report prints is the figure module's own (its one definition)
+        assert f"- **{figure}** ({load(figure).TITLE}): " in page
     assert "claims passed" not in page
 
 
