@@ -94,7 +94,7 @@ def _figures(root: Path) -> list[str]:
     """The figure registry (``FIGURES``); ``root`` is kept for callers that name a checkout."""
     from .cli import figures_available
 
-    return sorted(figures_available())
+    return list(figures_available())
 
 
 def _param_args(overrides: dict[str, Any]) -> list[str]:
