@@ -12,7 +12,10 @@ trains once per lambda in ``agc_lambdas`` with ``GradientClipper("adaptive", lam
 (the final classifier's weight unclipped, as in the paper).
 
 Training is :func:`nfstudy.train.train` (SGD, momentum 0.9, weight decay 5e-4, the rate
-divided by 10 at 50% and 75% of the budget, after ``warmup_epochs`` of linear warmup). A run whose loss exceeds 1000x its
+divided by 10 at 50% and 75% of the budget, after ``warmup_epochs`` of linear warmup); with
+``fuse`` (on CUDA by default) a norm's runs at one batch size, ``nf`` and every ``nf+agc``
+threshold, train side by side as one stacked network (:func:`nfstudy.train.train_fused`:
+the same runs, equal up to float rounding). A run whose loss exceeds 1000x its
 first loss or stops being finite is recorded as diverged (final accuracies NaN) and the
 sweep goes on. Every run of a seed starts from the same weights for its norm and sees the
 same order of batches at a given batch size; with a ``checkpoint_dir`` every run checkpoints
@@ -61,7 +64,7 @@ from nfstudy.runtime import resolve_device
 from nfstudy.series import split_agc
 from nfstudy.train import TrainConfig, train
 
-from ._common import NetworkParams, check_network_params, history_table, make_resnet
+from ._common import NetworkParams, check_fuse, check_network_params, history_table, make_resnet, train_group, use_fused
 
 FIGURE = "agc"
 TITLE = "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)"
@@ -92,16 +95,17 @@ class Params(NetworkParams):
     depth: int = 56  # ResNet-56, the CIFAR depth closest to the paper's ResNet-50
     init: str = "kaiming_fan_out"  # torchvision's default; NF's WS convs are insensitive to it
     epochs: int = 90  # the same budget at every batch size: fewer steps at larger batches
-    batch_sizes: tuple[int, ...] = PAPER_BATCH_SIZES
+    batch_sizes: tuple[int, ...] = PAPER_BATCH_SIZES  # every series trains at each (paper: 256 ... 4096)
     reference_lr: float = 0.1  # lr = reference_lr * batch_size / reference_batch_size
-    reference_batch_size: int = 256
+    reference_batch_size: int = 256  # the batch size at which lr = reference_lr (paper: 256)
     series: tuple[str, ...] = ("bn", "nf", "nf+agc")  # norm, +agc: swept over agc_lambdas
-    agc_lambdas: tuple[float, ...] = PAPER_LAMBDAS
+    agc_lambdas: tuple[float, ...] = PAPER_LAMBDAS  # AGC clipping thresholds of a +agc series (paper: 0.01 ... 0.16)
     nf_skip_gain_init: float = 0.0  # the NF-ResNet as published (SkipInit)
     augment: bool = True  # pad-and-crop + horizontal flip
     warmup_epochs: float = 0.0  # linear lr warmup (per step) over these epochs, as large-batch recipes do
     divergence_factor: float = DIVERGENCE  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
+    fuse: str = "auto"  # auto (fused on CUDA only) | on | off: train a norm's runs at one batch size as one stacked network
     checkpoint_every: int = 5  # epochs
 
     def __post_init__(self):
@@ -125,6 +129,7 @@ class Params(NetworkParams):
             check_positive("AGC clipping threshold in agc_lambdas", lam)
         if len(set(self.agc_lambdas)) < len(self.agc_lambdas):
             raise ValueError(f"agc_lambdas repeats a value: {list(self.agc_lambdas)}")
+        check_fuse(self.fuse)
         for b in self.batch_sizes:
             self.train_config(b)  # the engine's own checks (epochs, lr, ...)
 
@@ -233,16 +238,45 @@ def run(
     device = resolve_device(device)
     kwargs = {"image_size": params.image_size} if params.dataset != "cifar10" else {}
     data = load_dataset(params.dataset, **kwargs)
+
+    def clip_of(lam: float) -> GradientClipper | None:
+        return None if math.isnan(lam) else GradientClipper("adaptive", lam)
+
+    def out_dir(series: str, lam: float, batch_size: int) -> Path | None:
+        return Path(checkpoint_dir) / run_folder(series, lam, batch_size) if checkpoint_dir is not None else None
+
+    runs = params.runs()
+    results = {}  # index in runs -> its TrainResult
+    if not use_fused(params.fuse, device):
+        for i, (series, norm, lam, batch_size) in enumerate(runs):
+            torch.manual_seed(seed)  # the same initial weights for every run of a norm
+            model = make_resnet(params, norm, data.num_classes)
+            clip = clip_of(lam)
+            desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
+            results[i] = train(model, data, params.train_config(batch_size), seed=seed, device=device, clip=clip,
+                               out_dir=out_dir(series, lam, batch_size), desc=desc)  # fmt: skip
+    else:  # a norm's runs at one batch size (nf and its nf+agc thresholds) see the same batches: one stacked network
+        for norm, batch_size in dict.fromkeys((norm, b) for _, norm, _, b in runs):
+            group = [i for i, (_, n, _, b) in enumerate(runs) if (n, b) == (norm, batch_size)]
+            models = []
+            for _ in group:
+                torch.manual_seed(seed)  # as above: every run of a norm starts from the same weights
+                models.append(make_resnet(params, norm, data.num_classes))
+            trained = train_group(
+                models,
+                data,
+                [params.train_config(batch_size)] * len(group),
+                seed=seed,
+                device=device,
+                clips=[clip_of(runs[i][2]) for i in group],
+                out_dirs=[out_dir(runs[i][0], runs[i][2], batch_size) for i in group],
+                desc=f"agc {norm} B={batch_size} x{len(group)}",
+            )
+            results.update(zip(group, trained))
     histories, summaries = [], []
-    for series, norm, lam, batch_size in params.runs():
-        torch.manual_seed(seed)  # the same initial weights for every run of a norm
-        model = make_resnet(params, norm, data.num_classes)
-        clip = None if math.isnan(lam) else GradientClipper("adaptive", lam)
-        config = params.train_config(batch_size)
-        out_dir = Path(checkpoint_dir) / run_folder(series, lam, batch_size) if checkpoint_dir is not None else None
-        desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
-        result = train(model, data, config, seed=seed, device=device, clip=clip, out_dir=out_dir, desc=desc)
-        keys = {"series": series, "norm": norm, "agc_lambda": lam, "batch_size": batch_size, "base_lr": config.lr}
+    for i, (series, norm, lam, batch_size) in enumerate(runs):
+        result = results[i]
+        keys = {"series": series, "norm": norm, "agc_lambda": lam, "batch_size": batch_size, "base_lr": params.lr(batch_size)}
         histories.append((keys, result.history))
         summary = result.summary()
         summaries.append(

@@ -8,7 +8,9 @@ BN at 0.1 "diverges (not shown)", which we show, with the step it diverged at. E
 series of a seed starts from the same weights for its norm and sees the same batches.
 
 Series are ``"norm@lr"`` strings (norm: bn | none | ws | nf). Each trains through
-:func:`nfstudy.train.train`; with a ``checkpoint_dir`` (the notebook gives
+:func:`nfstudy.train.train`, or, with ``fuse`` (on CUDA by default), the series of one norm
+train side by side as one stacked network (:func:`nfstudy.train.train_fused`: the same
+runs, equal up to float rounding); with a ``checkpoint_dir`` (the notebook gives
 ``<run folder>/checkpoints``) each series checkpoints into its own subfolder and an
 interrupted run resumes where it stopped.
 
@@ -55,7 +57,7 @@ from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
 from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
-from ._common import NetworkParams, check_network_params, history_table, make_resnet
+from ._common import NetworkParams, check_fuse, check_network_params, history_table, make_resnet, train_group, use_fused
 
 FIGURE = "fig1"
 TITLE = "Accuracy during training at several learning rates (Bjorck et al. 2018, Fig. 1)"
@@ -91,7 +93,7 @@ class Params(NetworkParams):
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
     init: str = PAPER_INIT  # the paper's network; the quick profile: see the module docstring
     epochs: int = 165  # the budget (before any plateau extension)
-    batch_size: int = 128
+    batch_size: int = 128  # SGD mini-batch (paper: 128)
     series: tuple[str, ...] = PAPER_SERIES + AGC_SERIES  # norm@lr or norm+agc@lr
     agc_lambda: float = 0.08  # AGC clipping threshold of the +agc series (see the module docstring)
     augment: bool = True  # pad-and-crop + horizontal flip
@@ -101,10 +103,11 @@ class Params(NetworkParams):
     # last plateau_window epochs at the full rate; a run within plateau_tol of 100% has plateaued.
     plateau_metric: str = "train_accuracy"  # train_accuracy | train_loss (plateau_tol then relative)
     plateau_window: int = 20  # epochs
-    plateau_tol: float = 0.01
+    plateau_tol: float = 0.01  # progress: a train-accuracy gain above this over the window (0.01: one point)
     max_extensions: int = 2  # at most 4x the budget
     divergence_factor: float = DIVERGENCE  # a loss this many times the first one is divergence
     torch_compile: bool = False  # torch.compile the model (CUDA)
+    fuse: str = "auto"  # auto (fused on CUDA only) | on | off: train each norm's series as one stacked network
     checkpoint_every: int = 5  # epochs
     model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
 
@@ -117,6 +120,7 @@ class Params(NetworkParams):
             raise ValueError(f"series repeats an entry: {', '.join(self.series)}")
         check_positive("agc_lambda (the AGC clipping threshold)", self.agc_lambda)
         check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
+        check_fuse(self.fuse)
         self.train_config(0.1)  # epochs, batch size, ...: the engine's own checks
 
     def train_config(self, lr: float) -> TrainConfig:
@@ -220,18 +224,43 @@ def run(
     device = resolve_device(device)
     kwargs = {"image_size": params.image_size} if params.dataset != "cifar10" else {}
     data = load_dataset(params.dataset, **kwargs)
-    histories, outcomes = [], []
-    for spec in params.series:
-        norm, lr, agc = parse_series(spec)
-        name = series_name(norm, lr, agc)
-        torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
-        model = make_resnet(params, norm, data.num_classes)
-        clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
+
+    def out_dir(norm: str, lr: float, agc: bool) -> Path | None:
         # The clipper is not part of the engine's checkpoint fingerprint: the threshold is in the folder's name.
         folder = f"{norm}+agc{params.agc_lambda:g}_lr{lr:g}" if agc else f"{norm}_lr{lr:g}"
-        out_dir = Path(checkpoint_dir) / folder if checkpoint_dir is not None else None
-        result = train(model, data, params.train_config(lr), seed=seed, device=device, clip=clip, out_dir=out_dir,
-                       desc=f"fig1 {name}")  # fmt: skip
+        return Path(checkpoint_dir) / folder if checkpoint_dir is not None else None
+
+    specs = [parse_series(spec) for spec in params.series]
+    results = {}  # index in params.series -> its TrainResult
+    if not use_fused(params.fuse, device):
+        for i, (norm, lr, agc) in enumerate(specs):
+            torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
+            model = make_resnet(params, norm, data.num_classes)
+            clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
+            results[i] = train(model, data, params.train_config(lr), seed=seed, device=device, clip=clip,
+                               out_dir=out_dir(norm, lr, agc), desc=f"fig1 {series_name(norm, lr, agc)}")  # fmt: skip
+    else:  # the series of one norm share the architecture: one stacked network per norm
+        for group_norm in dict.fromkeys(norm for norm, _, _ in specs):
+            group = [i for i, (norm, _, _) in enumerate(specs) if norm == group_norm]
+            models = []
+            for _ in group:
+                torch.manual_seed(seed)  # as above: every series of a norm starts from the same weights
+                models.append(make_resnet(params, group_norm, data.num_classes))
+            trained = train_group(
+                models,
+                data,
+                [params.train_config(specs[i][1]) for i in group],
+                seed=seed,
+                device=device,
+                clips=[GradientClipper("adaptive", params.agc_lambda) if specs[i][2] else None for i in group],
+                out_dirs=[out_dir(*specs[i]) for i in group],
+                desc=f"fig1 {group_norm} x{len(group)}",
+            )
+            results.update(zip(group, trained))
+    histories, outcomes = [], []
+    for i, (norm, lr, agc) in enumerate(specs):
+        name = series_name(norm, lr, agc)
+        result = results[i]
         keys = {"series": name, "norm": norm, "base_lr": lr, "agc_lambda": params.agc_lambda if agc else float("nan")}
         histories.append((keys, result.history))
         plateau = plateau_at_full_lr(result.history, params.plateau_window, params.plateau_tol)

@@ -38,9 +38,9 @@ TITLE = "Gradients of a conv kernel at initialisation (Bjorck et al. 2018, Fig. 
 @dataclass(frozen=True)
 class Params(NetworkParams):
     layer: int = 55  # weight layer, numbered from the input (1..depth)
-    batch_size: int = 128
+    batch_size: int = 128  # images in the one mini-batch (paper: 128)
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
-    series: tuple[str, ...] = ("bn", "none", "nf")
+    series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
     model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)

@@ -65,17 +65,17 @@ def parse_series(spec: str) -> tuple[str, bool]:
 @dataclass(frozen=True)
 class Params(NetworkParams):
     image_size: int = 32  # digits and synthetic only (digits are natively 8x8)
-    batch_size: int = 128
+    batch_size: int = 128  # SGD mini-batch (paper: 128)
     init: str = PAPER_INIT  # the paper's network (results/init_survey/)
     series: tuple[str, ...] = ("bn", "none", "nf", "none+agc", "nf+agc")  # a norm, +agc: trained with AGC
     learning_rates: tuple[float, ...] = (0.1, 1e-4, 0.1, 0.1, 0.1)  # training lr of each series, in order
     agc_lambda: float = 0.08  # AGC clipping threshold of the +agc series
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD momentum of training (paper: 0.9)
+    weight_decay: float = 5e-4  # SGD weight decay of training (paper: 5e-4)
     batches: tuple[int, ...] = (1, 4, 7)  # probed mini-batches; batch k comes after k updates
     log10_step_min: float = -5.5  # step sizes: n_step_sizes values, log-spaced
-    log10_step_max: float = 0.5
-    n_step_sizes: int = 80
+    log10_step_max: float = 0.5  # the largest probed step size, log10
+    n_step_sizes: int = 80  # probed step sizes from log10_step_min to log10_step_max
     augment: bool = True  # crop + flip, as training does
     nf_skip_gain_init: float = 1.0  # see the module docstring
     chunk_size: int | None = None  # step sizes per forward pass (None: 1 on CPU, 16 on GPU)

@@ -53,12 +53,12 @@ TITLE = "Channel means and variances during one update at a diverging learning r
 @dataclass(frozen=True)
 class Params(NetworkParams):
     layers: tuple[int, ...] = (8, 44, 80)  # weight layers numbered from the input
-    batch_size: int = 128
+    batch_size: int = 128  # SGD mini-batch (paper: 128)
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
-    series: tuple[str, ...] = ("none", "nf")
+    series: tuple[str, ...] = ("none", "nf")  # networks: bn | none | ws | nf (paper: none)
     lr: float = 1e-3  # the paper's smallest diverging no-BN step (Fig. 3; module docstring)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD momentum (paper: 0.9)
+    weight_decay: float = 5e-4  # SGD weight decay (paper: 5e-4)
     update: int = 0  # which update: 0 = the first, from initialisation
     n_fractions: int = 51  # fractions 0 ... 1 of the update, evenly spaced (51: steps of 2%)
     augment: bool = True  # crop + flip, as training does

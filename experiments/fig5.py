@@ -51,9 +51,9 @@ STATISTICS = ("avg_channel_abs_mean", "avg_channel_std", "avg_channel_var", "avg
 class Params(NetworkParams):
     layers: tuple[int, ...] = (6, 18, 30, 42, 54, 66, 78, 90, 102)  # the paper's x-axis
     networks: int = 10  # independent initialisations per series
-    batch_size: int = 128
+    batch_size: int = 128  # images in each network's mini-batch (paper: 128)
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
-    series: tuple[str, ...] = ("bn", "none", "nf")
+    series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
     model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)

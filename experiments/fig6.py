@@ -55,7 +55,7 @@ class Params(NetworkParams):
     epoch: bool = True  # also average the median network's logit gradients over one epoch
     epoch_split: str = "train"  # the split that epoch runs over
     init: str = PAPER_INIT  # the paper's network, identified by measurement: results/init_survey/
-    series: tuple[str, ...] = ("bn", "none", "nf")
+    series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batches as training would see them (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
     model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)

@@ -55,9 +55,9 @@ STATISTICS = ("avg_channel_sq_mean", "avg_channel_var", "branch_avg_channel_sq_m
 
 @dataclass(frozen=True)
 class Params(NetworkParams):
-    batch_size: int = 128
+    batch_size: int = 128  # images in the probed mini-batch
     init: str = "kaiming_fan_out"  # torchvision's ResNet default
-    series: tuple[str, ...] = ("bn", "none", "nf", "nf_no_ws")
+    series: tuple[str, ...] = ("bn", "none", "nf", "nf_no_ws")  # networks; nf_no_ws: NF without Scaled WS (the paper's control)
     inputs: tuple[str, ...] = INPUTS  # unit-Gaussian noise and/or real images
     nf_skip_gain_init: float = 1.0  # see the module docstring
     nf_no_ws_init: str = "kaiming_fan_in"  # the control: Brock, De, Smith 2021a, Fig. 2: He init

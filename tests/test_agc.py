@@ -77,6 +77,35 @@ def test_the_sweep_runs_every_series_at_every_batch_and_threshold():
         assert clipped["final_train_loss"] != unclipped["final_train_loss"]
 
 
+# Fused vs one at a time (tests/test_fused.py's tolerance): losses to a relative RTOL,
+# accuracies to ACC_IMAGES images of the 299 test digits; everything else exact.
+RTOL, ACC_IMAGES = 2e-3, 2
+
+
+def assert_tables_agree(fused: dict, alone: dict):
+    for name, table in alone.items():
+        other = fused[name]
+        assert list(other.columns) == list(table.columns) and len(other) == len(table) > 0, name
+        for col in table.columns:
+            if "loss" in col and col != "initial_loss":
+                np.testing.assert_allclose(other[col].astype(float), table[col].astype(float), rtol=RTOL, err_msg=f"{name}.{col}")
+            elif "accuracy" in col and col != "chance_accuracy":
+                np.testing.assert_allclose(other[col], table[col], atol=(ACC_IMAGES + 0.01) / 299, rtol=0, err_msg=f"{name}.{col}")
+            else:  # series, lambda, batch, status, steps, lr, the first loss, ...
+                pd.testing.assert_series_equal(other[col], table[col], check_exact=True, obj=f"{name}.{col}")
+
+
+def test_fuse_trains_a_norms_runs_at_one_batch_as_one_network_and_gives_the_same_tables():
+    # Groups by (norm, batch): bn alone at each batch (train), nf with its two thresholds fused.
+    smaller = {"batch_sizes": (128, 512)}  # 12 and 3 steps per epoch
+    alone = tiny_run(fuse="off", **smaller)
+    fused = tiny_run(fuse="on", **smaller)
+    assert_tables_agree(fused, alone)
+    auto = tiny_run(fuse="auto", **smaller)  # on a CPU: one at a time, bit for bit
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(auto[name], table, check_exact=True)
+
+
 def _summary(rows, seed=0):
     """A summary table from (series, lambda, batch, test accuracy or None for diverged)."""
     frame = pd.DataFrame(
@@ -263,6 +292,8 @@ def test_bad_parameters_name_the_fix():
         params_for("agc", "quick", batch_sizes=[0, 64])
     with pytest.raises(ValueError, match="reference_batch_size must be > 0"):
         params_for("agc", "quick", reference_batch_size=0)
+    with pytest.raises(ValueError, match="unknown fuse 'true': choose one of auto, on, off"):
+        params_for("agc", "quick", fuse="true")
     runs = params_for("agc", "quick", series=["bn"], agc_lambdas=[]).runs()  # nothing clips: no thresholds needed
     assert [(s, b) for s, _, _, b in runs] == [("bn", 32), ("bn", 128), ("bn", 512)]
     assert all(math.isnan(lam) for _, _, lam, _ in runs)

@@ -135,6 +135,36 @@ def test_agc_series_train_with_clipping():
     assert first["nf@lr=0.1"] == first["nf+agc@lr=0.1"]  # the same start: the difference is the clipping
 
 
+# Fused vs one at a time (tests/test_fused.py's tolerance): losses to a relative RTOL,
+# accuracies to ACC_IMAGES images of the 299 test digits; everything else exact.
+RTOL, ACC_IMAGES = 2e-3, 2
+
+
+def assert_tables_agree(fused: dict, alone: dict):
+    for name, table in alone.items():
+        other = fused[name]
+        assert list(other.columns) == list(table.columns) and len(other) == len(table) > 0, name
+        for col in table.columns:
+            if "loss" in col and col != "initial_loss":
+                np.testing.assert_allclose(other[col].astype(float), table[col].astype(float), rtol=RTOL, err_msg=f"{name}.{col}")
+            elif "accuracy" in col or col in ("full_lr_gain", "plateaued"):
+                np.testing.assert_allclose(other[col], table[col], atol=(ACC_IMAGES + 0.01) / 299, rtol=0, err_msg=f"{name}.{col}")
+            else:  # series, status, epochs, steps, lr, the first loss, the diverged step, ...
+                pd.testing.assert_series_equal(other[col], table[col], check_exact=True, obj=f"{name}.{col}")
+
+
+def test_fuse_trains_each_norms_series_as_one_network_and_gives_the_same_tables():
+    # Groups by norm: bn x 2, none x 2 (one diverges and leaves the stack), nf x 2 (one clipped).
+    series = ("bn@0.1", "bn@0.001", "none@0.001", "none@50", "nf@0.1", "nf+agc@0.1")
+    alone = tiny_run(series=series, fuse="off")
+    fused = tiny_run(series=series, fuse="on")
+    assert fused["outcomes"]["status"].tolist() == ["completed"] * 3 + ["diverged", "completed", "completed"]
+    assert_tables_agree(fused, alone)
+    auto = tiny_run(series=series, fuse="auto")  # on a CPU: one at a time, bit for bit
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(auto[name], table, check_exact=True)
+
+
 def _outcomes(rows):
     """Constructed outcomes: (norm, lr, AGC lambda or None, final test accuracy or None for diverged,
     final train accuracy, plateaued at the full lr)."""
@@ -324,6 +354,8 @@ def test_bad_parameters_name_the_fix():
         params_for("fig1", "quick", batch_size=-128)
     with pytest.raises(ValueError, match="image_size must be 32 with dataset cifar10"):
         params_for("fig1", "paper", image_size=8)
+    with pytest.raises(ValueError, match="unknown fuse 'yes': choose one of auto, on, off"):
+        params_for("fig1", "quick", fuse="yes")
 
 
 @pytest.mark.slow
