@@ -91,7 +91,7 @@ bench: $(STAMP)
 lock:
 	rm -rf /tmp/nfstudy-lock && $(PYTHON) -m venv /tmp/nfstudy-lock
 	/tmp/nfstudy-lock/bin/pip install -q torch==2.13.0 torchvision==0.28.0 pandas seaborn matplotlib \
-	    jupyter papermill ipykernel scikit-learn tqdm pytest timm submitit
+	    jupyter papermill ipykernel scikit-learn tqdm pytest timm ruff submitit
 	{ sed -n '/^#/p' requirements.lock; /tmp/nfstudy-lock/bin/pip freeze --all | grep -v '^pip=' \
 	    | sed 's/+cpu$$//'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 

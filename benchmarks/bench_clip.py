@@ -120,9 +120,7 @@ def summary(times):
     median = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     text = ", ".join(f"{k} {median[k] * 1e3:.2f} ({best[k] * 1e3:.2f})" for k in times)
-    ratios = "  ".join(
-        f"{k}/fast {median[k] / median['fast']:.2f}x ({best[k] / best['fast']:.2f}x)" for k in times if k != "fast"
-    )
+    ratios = "  ".join(f"{k}/fast {median[k] / median['fast']:.2f}x ({best[k] / best['fast']:.2f}x)" for k in times if k != "fast")
     return f"{text}  | {ratios}"
 
 

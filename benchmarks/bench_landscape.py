@@ -150,21 +150,29 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset)
-    print(f"bench_landscape: ResNet-{args.depth}, {args.dataset}, batch {args.batch_size}, {args.step_sizes} step sizes "
-          f"10^{args.log10_min}..10^{args.log10_max}, {args.rounds} interleaved rounds")
+    print(
+        f"bench_landscape: ResNet-{args.depth}, {args.dataset}, batch {args.batch_size}, {args.step_sizes} step sizes "
+        f"10^{args.log10_min}..10^{args.log10_max}, {args.rounds} interleaved rounds"
+    )
     print(f"machine: {machine(device)}")
     results = [bench_series(s, args, data, device) for s in args.series]
     print(f"\n{'series':6s} {'baseline':>9s} {'ours':>8s} {'wall':>6s} {'CPU':>6s}  {'agreement (max rel diff)':>24s}  chunk")
     for r in results:
-        note = "" if r["baseline_evaluated"] == args.step_sizes else (
-            f"  (the baseline stopped at its first non-finite loss: {r['baseline_evaluated']} of {args.step_sizes} step sizes)"
+        note = (
+            ""
+            if r["baseline_evaluated"] == args.step_sizes
+            else (f"  (the baseline stopped at its first non-finite loss: {r['baseline_evaluated']} of {args.step_sizes} step sizes)")
         )
-        print(f"{r['series']:6s} {r['baseline_s']:8.2f}s {r['ours_s']:7.2f}s {r['ratio']:5.2f}x {r['cpu_ratio']:5.2f}x  "
-              f"{r['max_rel_diff']:16.1e} on {r['compared']:2d}  {r['chunk']:5d}{note}")
+        print(
+            f"{r['series']:6s} {r['baseline_s']:8.2f}s {r['ours_s']:7.2f}s {r['ratio']:5.2f}x {r['cpu_ratio']:5.2f}x  "
+            f"{r['max_rel_diff']:16.1e} on {r['compared']:2d}  {r['chunk']:5d}{note}"
+        )
     k = args.step_sizes
     target = 3.0 if device.type == "cpu" else 10.0
-    print(f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "
-          f"target {target:g}x; relative losses agree to 1e-5 where both are finite: yes (asserted)")
+    print(
+        f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "
+        f"target {target:g}x; relative losses agree to 1e-5 where both are finite: yes (asserted)"
+    )
     return 0
 
 

@@ -231,9 +231,7 @@ TABLES = {
 }
 
 
-def run(
-    params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: str | Path | None = None
-) -> dict[str, pd.DataFrame]:
+def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Tables ``history`` (one row per run and epoch) and ``summary`` (one row per run)."""
     device = resolve_device(device)
     kwargs = {"image_size": params.image_size} if params.dataset != "cifar10" else {}
@@ -253,8 +251,16 @@ def run(
             model = make_resnet(params, norm, data.num_classes)
             clip = clip_of(lam)
             desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
-            results[i] = train(model, data, params.train_config(batch_size), seed=seed, device=device, clip=clip,
-                               out_dir=out_dir(series, lam, batch_size), desc=desc)  # fmt: skip
+            results[i] = train(
+                model,
+                data,
+                params.train_config(batch_size),
+                seed=seed,
+                device=device,
+                clip=clip,
+                out_dir=out_dir(series, lam, batch_size),
+                desc=desc,
+            )
     else:  # a norm's runs at one batch size (nf and its nf+agc thresholds) see the same batches: one stacked network
         for norm, batch_size in dict.fromkeys((norm, b) for _, norm, _, b in runs):
             group = [i for i, (_, n, _, b) in enumerate(runs) if (n, b) == (norm, batch_size)]
@@ -412,8 +418,16 @@ def plot(tables: dict[str, pd.DataFrame]):
                 lams = g["agc_lambda"].value_counts()
                 text = "λ=" + "/".join(f"{v:g}" for v in sorted(lams.index[lams == lams.max()]))
                 y = 100 * g["accuracy"].mean()
-                ax.annotate(text, (b, y), xytext=(0, -13), textcoords="offset points", ha="center", fontsize=7, color=color,
-                            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))  # fmt: skip
+                ax.annotate(
+                    text,
+                    (b, y),
+                    xytext=(0, -13),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    color=color,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8),
+                )
     _log2_batch_axis(ax, batch_sizes)
     ax.axhline(chance, color="0.6", lw=0.8, ls=":", zorder=0)
     ax.set_ylim(0, 102)
@@ -468,8 +482,9 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize=7, loc="lower left", frameon=True)
     handles.append(Line2D([], [], color="0.5", ls="none", marker="x", ms=7, mew=2, label="diverged (drawn at chance)"))
     subtitle = f"mean ± std of {n_seeds} seeds" if n_seeds > 1 else f"seed {seeds[0]}"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
-               handlelength=3.2)  # long enough to show a dashed line  # fmt: skip
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False, handlelength=3.2
+    )  # long enough to show a dashed line
     fig.suptitle(f"{TITLE}\n{subtitle}", fontsize=10)
     return fig
 
@@ -617,10 +632,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
         matters = bool(spread[large] > NOISE)
         found.append(
             Claim(
-                f"Larger batches need a smaller clipping threshold ({name}; paper: λ up to 0.16 at small batches, 0.01 "
-                "at 4096)",
-                f"loosest good λ at the largest batch / at the smallest (good: within {NOISE:g} points of the best λ's "
-                "accuracy)",
+                f"Larger batches need a smaller clipping threshold ({name}; paper: λ up to 0.16 at small batches, 0.01 at 4096)",
+                f"loosest good λ at the largest batch / at the smallest (good: within {NOISE:g} points of the best λ's accuracy)",
                 float(loosest[large] / loosest[small]),
                 "<",
                 1.0,

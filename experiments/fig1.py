@@ -214,9 +214,7 @@ TABLES = {
 }
 
 
-def run(
-    params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: str | Path | None = None
-) -> dict[str, pd.DataFrame]:
+def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Tables ``history`` (one row per series and epoch) and ``outcomes`` (one per series);
     ``agc_lambda`` is the clipping threshold of a ``+agc`` series, NaN for the others;
     ``full_lr_gain`` and ``plateaued`` say whether a run had levelled off before its rate
@@ -237,8 +235,16 @@ def run(
             torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
             model = make_resnet(params, norm, data.num_classes)
             clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
-            results[i] = train(model, data, params.train_config(lr), seed=seed, device=device, clip=clip,
-                               out_dir=out_dir(norm, lr, agc), desc=f"fig1 {series_name(norm, lr, agc)}")  # fmt: skip
+            results[i] = train(
+                model,
+                data,
+                params.train_config(lr),
+                seed=seed,
+                device=device,
+                clip=clip,
+                out_dir=out_dir(norm, lr, agc),
+                desc=f"fig1 {series_name(norm, lr, agc)}",
+            )
     else:  # the series of one norm share the architecture: one stacked network per norm
         for group_norm in dict.fromkeys(norm for norm, _, _ in specs):
             group = [i for i, (norm, _, _) in enumerate(specs) if norm == group_norm]
@@ -353,7 +359,13 @@ def plot(tables: dict[str, pd.DataFrame]):
                 ax.scatter(diverged["diverged_pct"], [chance] * len(diverged), marker="x", s=60, color=color, zorder=5, lw=2)
                 steps = sorted({int(v) for v in diverged["diverged_step"]})
                 at = f"at step {steps[0]}" if len(steps) == 1 else f"at steps {', '.join(map(str, steps))}"
-                seeds = "" if len(o) == 1 else f" ({len(diverged)} seeds)" if len(diverged) == len(o) else f" ({len(diverged)} of {len(o)} seeds)"
+                seeds = (
+                    ""
+                    if len(o) == 1
+                    else f" ({len(diverged)} seeds)"
+                    if len(diverged) == len(o)
+                    else f" ({len(diverged)} of {len(o)} seeds)"
+                )
                 label += f": diverged {at}{seeds}"
             if split == "train":
                 if len(diverged) == len(o):
@@ -369,8 +381,9 @@ def plot(tables: dict[str, pd.DataFrame]):
     if drops:
         handles.append(Line2D([], [], color="0.6", ls=":", lw=1, label="lr ÷ 10"))
     seeds = f"mean ± std of {n_seeds} seeds" if n_seeds > 1 else f"seed {outcomes['seed'].iloc[0]}"
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
-               handlelength=3.2)  # long enough to show a dashed line  # fmt: skip
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False, handlelength=3.2
+    )  # long enough to show a dashed line
     fig.suptitle(f"{TITLE}\n{seeds}", fontsize=10)
     return fig
 
@@ -422,13 +435,11 @@ def _converged(row: pd.Series) -> bool:
     if row["status"] == "diverged":
         return True
     plateaued = row.get("plateaued", np.nan)
-    return float(row.get("final_train_accuracy", np.nan)) >= CONVERGED_TRAIN_ACCURACY or (
-        not pd.isna(plateaued) and bool(plateaued)
-    )
+    return float(row.get("final_train_accuracy", np.nan)) >= CONVERGED_TRAIN_ACCURACY or (not pd.isna(plateaued) and bool(plateaued))
 
 
 def _still_learning(runs: dict[str, pd.Series]) -> str:
-    """"" when every run of ``runs`` (name -> outcome) has converged; else the note of a claim
+    """ "" when every run of ``runs`` (name -> outcome) has converged; else the note of a claim
     that cannot be decided, with what was measured."""
     notes = []
     for name, row in runs.items():
@@ -485,10 +496,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             found.append(
                 _decided_if_converged(
                     {f"BN lr={large:g}": bn_large, f"no BN lr={small:g}": none_small},
-                    claim=f"BN at a large lr ({large:g}) ends ~11 points above no BN at the small lr ({small:g}) "
-                    "(paper: ~93% vs ~81-82%)",
-                    metric=f"final test accuracy, BN lr={large:g} minus no BN lr={small:g} (percentage points; "
-                    "diverged counts as chance)",
+                    claim=f"BN at a large lr ({large:g}) ends ~11 points above no BN at the small lr ({small:g}) (paper: ~93% vs ~81-82%)",
+                    metric=f"final test accuracy, BN lr={large:g} minus no BN lr={small:g} (percentage points; diverged counts as chance)",
                     value=100 * (_test_accuracy(bn_large) - _test_accuracy(none_small)),
                     comparison="between",
                     threshold=low,
@@ -498,10 +507,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
         found.append(
             _decided_if_converged(
                 {f"BN lr={small:g}": bn_small, f"no BN lr={small:g}": none_small},
-                claim=f"At the same small lr ({small:g}) BN and no BN end with comparable test accuracy "
-                "(paper: ~81-82% both)",
-                metric=f"|final test accuracy, BN minus no BN, both lr={small:g}| (percentage points; diverged "
-                "counts as chance)",
+                claim=f"At the same small lr ({small:g}) BN and no BN end with comparable test accuracy (paper: ~81-82% both)",
+                metric=f"|final test accuracy, BN minus no BN, both lr={small:g}| (percentage points; diverged counts as chance)",
                 value=abs(100 * (_test_accuracy(bn_small) - _test_accuracy(none_small))),
                 comparison="<=",
                 threshold=COMPARABLE_POINTS,
@@ -598,8 +605,7 @@ def _agc_claims(everything: pd.DataFrame) -> list[Claim]:
                 claim=f"(beyond the papers) With AGC (λ={lam:g}) {name} at lr {lr:g} ends no more than "
                 f"{COMPARABLE_POINTS:g} points below BN at that lr (NFNets: with AGC, networks without BN match "
                 "batch-normalised ones)",
-                metric=f"final test accuracy, BN lr={lr:g} minus {name} + AGC lr={lr:g} (percentage points; diverged "
-                "counts as chance)",
+                metric=f"final test accuracy, BN lr={lr:g} minus {name} + AGC lr={lr:g} (percentage points; diverged counts as chance)",
                 value=100 * (_test_accuracy(bn) - _test_accuracy(run)),
                 comparison="<=",
                 threshold=COMPARABLE_POINTS,

@@ -173,8 +173,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         )
         frames.append(table.assign(series=series, lr=lr, agc_lambda=params.agc_lambda if agc else float("nan")))
     out = pd.concat(frames, ignore_index=True)
-    columns = ["series", "lr", "agc_lambda", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after",
-               "update_norm"]  # fmt: skip
+    columns = ["series", "lr", "agc_lambda", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after", "update_norm"]
     return {"relative_loss": out[columns]}
 
 
@@ -237,16 +236,21 @@ def plot(tables: dict[str, pd.DataFrame]):
             trained = np.isfinite(g["loss_before"].to_numpy(dtype=float))
             gone = sorted(g.loc[~trained, "seed"].unique())
             if gone:
-                ax.text(0.03, 0.04, f"left out, training diverged\nbefore this batch: seed {', '.join(map(str, gone))}",
-                        transform=ax.transAxes, va="bottom", fontsize=7, color=color,
-                        bbox=dict(boxstyle="round", fc="white", ec=color, alpha=0.9))
+                ax.text(
+                    0.03,
+                    0.04,
+                    f"left out, training diverged\nbefore this batch: seed {', '.join(map(str, gone))}",
+                    transform=ax.transAxes,
+                    va="bottom",
+                    fontsize=7,
+                    color=color,
+                    bbox=dict(boxstyle="round", fc="white", ec=color, alpha=0.9),
+                )
             g = g[trained]
             _style_panel(ax, lr, bottom, row, column, b, len(series))
             if g.empty:
                 continue
-            wide = g.assign(relative=_as_relative(g)).pivot_table(
-                index="step_size", columns="seed", values="relative", aggfunc="first"
-            )
+            wide = g.assign(relative=_as_relative(g)).pivot_table(index="step_size", columns="seed", values="relative", aggfunc="first")
             steps = wide.index.to_numpy()
             values = wide.to_numpy()
             with np.errstate(divide="ignore"):
@@ -360,9 +364,7 @@ def _lowering_ratios(wide: pd.DataFrame, narrow: pd.DataFrame) -> pd.Series:
     return (top / bottom).dropna()
 
 
-def _measured(
-    claim: str, metric: str, values: pd.Series, reduce: str, missing: str, kind: str = "paper", **comparison
-) -> Claim:
+def _measured(claim: str, metric: str, values: pd.Series, reduce: str, missing: str, kind: str = "paper", **comparison) -> Claim:
     """A claim on ``values`` (one per probed mini-batch) reduced by ``reduce`` (max, min,
     median); not evaluable, with ``missing`` as the reason, when there is no value."""
     values = values.astype(float)
@@ -453,8 +455,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             _measured(
                 f"With BN the relative loss stays within ~0.65-{BN_HIGHEST:g} over steps "
                 f"{PAPER_STEPS[0]:g}..{PAPER_STEPS[1]:g} (paper): no divergence",
-                f"largest relative loss at steps {PAPER_STEPS[0]:g}..{PAPER_STEPS[1]:g}, BN; largest over the "
-                "probed mini-batches",
+                f"largest relative loss at steps {PAPER_STEPS[0]:g}..{PAPER_STEPS[1]:g}, BN; largest over the probed mini-batches",
                 bn["highest"],
                 "max",
                 _gone("BN"),
@@ -468,10 +469,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
         first = none[none.index == 1]
         found.append(
             _measured(
-                f"Without BN a small step lowers the loss a lot at mini-batch 1 (paper: to ~{NO_BN_LOWEST:g} "
-                "near step 2e-4)",
-                f"lowest relative loss at steps {PAPER_STEPS[0]:g}..{PAPER_STEPS[1]:g} before the curve first rises, "
-                "no BN, mini-batch 1",
+                f"Without BN a small step lowers the loss a lot at mini-batch 1 (paper: to ~{NO_BN_LOWEST:g} near step 2e-4)",
+                f"lowest relative loss at steps {PAPER_STEPS[0]:g}..{PAPER_STEPS[1]:g} before the curve first rises, no BN, mini-batch 1",
                 first["lowest"],
                 "max",
                 "no BN: mini-batch 1 was not probed, or training had diverged before it",
@@ -495,8 +494,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
         found.append(
             _measured(
                 f"Without BN the relative loss reaches {Y_CEILING:g} by a step of ~3-6e-3 (paper)",
-                f"smallest step with relative loss > {Y_CEILING:g} or not finite, no BN; largest over the probed "
-                "mini-batches (inf: never)",
+                f"smallest step with relative loss > {Y_CEILING:g} or not finite, no BN; largest over the probed mini-batches (inf: never)",
                 none["exploding_from"],
                 "max",
                 _gone("no BN"),

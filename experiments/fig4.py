@@ -133,9 +133,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     for series in progress(params.series, desc="fig4: along one update", unit="net"):
         torch.manual_seed(seed)  # every series starts from the same weights (where shapes agree)
         model = make_resnet(params, series, data.num_classes).to(device)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
-        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
         loader = data.loader("train", params.batch_size, augment=params.augment, seed=seed, device=device, drop_last=True)
         if params.update >= len(loader):
             raise IndexError(
@@ -174,9 +172,7 @@ def _order(values) -> list:
 
 def layer_variance(moments: pd.DataFrame) -> pd.DataFrame:
     """Average channel variance per (seed, series, layer, fraction): ``mean_C var_NHW(x)``."""
-    return (
-        moments.groupby(["seed", "series", "layer", "fraction"], sort=False)["variance"].mean().rename("variance").reset_index()
-    )
+    return moments.groupby(["seed", "series", "layer", "fraction"], sort=False)["variance"].mean().rename("variance").reset_index()
 
 
 def _heatmap(ax, fig, values: np.ndarray, fractions: np.ndarray, kind: str):
@@ -218,7 +214,11 @@ def plot(tables: dict[str, pd.DataFrame]):
     style()
     nrows, ncols = 2 * len(series), len(layers) + 1
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.4 * ncols, 2.3 * nrows), layout="constrained", squeeze=False,
+        nrows,
+        ncols,
+        figsize=(3.4 * ncols, 2.3 * nrows),
+        layout="constrained",
+        squeeze=False,
         gridspec_kw={"width_ratios": [1.0] * len(layers) + [0.9]},
     )
     fractions_all = np.sort(moments["fraction"].unique())

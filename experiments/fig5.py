@@ -82,7 +82,9 @@ TABLES = {
         "network": "the independently initialised network (0 .. networks-1)",
         "depth": "the weight layer's number (its depth)",
         "layer_name": "its module name",
-        "statistic": "avg_channel_abs_mean (mean over channels of |channel mean|) | avg_channel_std | avg_channel_var | avg_channel_sq_mean",
+        "statistic": (
+            "avg_channel_abs_mean (mean over channels of |channel mean|) | avg_channel_std | avg_channel_var | avg_channel_sq_mean"
+        ),
         "value": "the statistic, in the activation's own units",
     },
 }
@@ -205,7 +207,7 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.set_xlabel("layer depth (weight layers from the input)")
         ax.set_title(label)
         ax.legend(fontsize=8, loc="upper left")
-    axes[0][0].set_ylabel("magnitude (log scale)\nthe paper's \"log magnitude\" is its ln")
+    axes[0][0].set_ylabel('magnitude (log scale)\nthe paper\'s "log magnitude" is its ln')
     layers = sorted(table["depth"].unique())
     for ax in axes[0]:
         ax.set_xticks(layers)

@@ -316,9 +316,7 @@ def plot(tables: dict[str, pd.DataFrame]):
             ax.grid(False)
             ax.set_ylabel(f"true class\nseed {seed}, network {int(e['network'].iloc[0])}", fontsize=8)
     limit = _colour_limit(batch_size)
-    fig.colorbar(
-        image, ax=[axes[k] for k in axes if k != "shares"], shrink=0.6, label=f"d (mean loss) / d logit, +-1/(2B) = +-{limit:.2g}"
-    )
+    fig.colorbar(image, ax=[axes[k] for k in axes if k != "shares"], shrink=0.6, label=f"d (mean loss) / d logit, +-1/(2B) = +-{limit:.2g}")
     _shares_panel(axes["shares"], summary[summary["scope"] == "batch"], order)
     fig.suptitle(TITLE, fontsize=10)
     return fig
@@ -331,7 +329,9 @@ def _shares_panel(ax, batch: pd.DataFrame, order: list[str]) -> None:
         ax.scatter(x + rng.uniform(-0.18, 0.18, len(v)), v, s=22, color=series_color(series), alpha=0.8, zorder=3)
         median = float(np.median(v))
         ax.hlines(median, x - 0.3, x + 0.3, color="k", lw=2, zorder=4)
-        ax.text(x + 0.33, median, f"median {median:.2f}\n{(v >= NEARLY_EVERY).sum()}/{len(v)} nets >= {NEARLY_EVERY}", va="center", fontsize=8)
+        ax.text(
+            x + 0.33, median, f"median {median:.2f}\n{(v >= NEARLY_EVERY).sum()}/{len(v)} nets >= {NEARLY_EVERY}", va="center", fontsize=8
+        )
     ax.axhline(NEARLY_EVERY, color="0.4", ls="--", lw=1)
     ax.set_xticks(range(len(order)), [series_label(s) for s in order])
     ax.set_xlim(-0.6, len(order) - 0.1)
@@ -350,7 +350,9 @@ def _max_gradient_of_the_mean_loss(grads: pd.DataFrame) -> float:
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     summary = tables["dominant_class"]
     present = set(summary["series"])
-    collapsed = f"fraction of networks giving one class p > 1/2 for >= {NEARLY_EVERY:.0%} of the images (labelled otherwise), one mini-batch each"
+    collapsed = (
+        f"fraction of networks giving one class p > 1/2 for >= {NEARLY_EVERY:.0%} of the images (labelled otherwise), one mini-batch each"
+    )
     found = [
         Claim(
             f"The heatmap's scale is the paper's colour bar (~+-{PAPER_COLOUR_SCALE:g}, batch ~128): the gradient of the batch-mean loss",

@@ -318,11 +318,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             Claim(
                 "Unnormalised ReLU ResNets: the average channel variance explodes with depth",
                 f"log10(variance at the last block / at the stem), no BN, {on}",
-                min(
-                    float(np.log10(v.iloc[-1] / v.iloc[0]))
-                    for i in inputs
-                    for v in [_values(table, "none", i, "avg_channel_var")]
-                ),
+                min(float(np.log10(v.iloc[-1] / v.iloc[0])) for i in inputs for v in [_values(table, "none", i, "avg_channel_var")]),
                 ">=",
                 EXPLOSION_DECADES,
             )
@@ -343,11 +339,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             Claim(
                 "BN ResNets: the variance grows at most linearly with depth (about one unit per block)",
                 f"variance at the last block / (stem variance + number of blocks), BN, {on}",
-                max(
-                    float(v.iloc[-1] / (v.iloc[0] + (len(v) - 1)))
-                    for i in inputs
-                    for v in [_values(table, "bn", i, "avg_channel_var")]
-                ),
+                max(float(v.iloc[-1] / (v.iloc[0] + (len(v) - 1))) for i in inputs for v in [_values(table, "bn", i, "avg_channel_var")]),
                 "<=",
                 1.0,
             )

@@ -216,8 +216,11 @@ def run_figure(
     what = f"{figure} seed {seed} ({profile})"
     with runs.acquire_lock(final, what=what) as lock:
         if lock.stale:
-            print(f"[nfstudy] cleared the stale lock of a run that no longer runs: pid {lock.stale.get('pid')}, "
-                  f"started {lock.stale.get('started')}", file=sys.stderr)  # fmt: skip
+            print(
+                f"[nfstudy] cleared the stale lock of a run that no longer runs: pid {lock.stale.get('pid')}, "
+                f"started {lock.stale.get('started')}",
+                file=sys.stderr,
+            )
         attempt = runs.prepare_attempt(final)
         notebook = attempt / f"{figure}.ipynb"
         kept = f"; the completed run of this seed is unchanged in {final}" if runs.read_run(final) else ""
@@ -237,11 +240,12 @@ def run_figure(
         except pm.PapermillExecutionError as error:
             if error.ename == "KeyboardInterrupt":
                 _mark_if_running(attempt, "interrupted", "KeyboardInterrupt")
-                raise RunInterrupted(f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}") from None
+                raise RunInterrupted(
+                    f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}"
+                ) from None
             _mark_if_running(attempt, "failed", f"{error.ename}: {error.evalue}")
             raise RunFailed(
-                f"{what} failed: {error.ename}: {error.evalue}\n"
-                f"  the executed notebook, with the traceback, is {notebook}{kept}"
+                f"{what} failed: {error.ename}: {error.evalue}\n  the executed notebook, with the traceback, is {notebook}{kept}"
             ) from None
         except BaseException as error:
             _mark_if_running(attempt, "failed", f"{type(error).__name__}: {error}")
@@ -310,7 +314,11 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
     image, summary = aggregate_files(figure, profile, results_root)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
-        print(summary[["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]].to_string(index=False))
+        print(
+            summary[
+                ["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]
+            ].to_string(index=False)
+        )
     print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
     return summary
 
@@ -389,7 +397,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("figure")
     run.add_argument("--profile", default="paper", help="paper | quick (default paper)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--seeds", nargs="+", metavar="SEEDS", help="several seeds: 0-9, 0,2,5, or 0 1 2; one after the other, or as jobs with --launcher")
+    run.add_argument(
+        "--seeds", nargs="+", metavar="SEEDS", help="several seeds: 0-9, 0,2,5, or 0 1 2; one after the other, or as jobs with --launcher"
+    )
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
     run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")

@@ -111,8 +111,12 @@ def _claims_numbers(folder: Path) -> Callable[[str], dict[str, Any]]:
         claims = pd.read_csv(path)
         meta = json.loads((folder / "seed=0" / "run.json").read_text()) if (folder / "seed=0" / "run.json").exists() else {}
         passed = claims["passed"].astype(str).str.lower() == "true"
-        return {"claims": int(len(claims)), "claims_passed": int(passed.sum()), "tables": len(list((folder / "seed=0").glob("*.csv"))),
-                "run_status": meta.get("status")}  # fmt: skip
+        return {
+            "claims": int(len(claims)),
+            "claims_passed": int(passed.sum()),
+            "tables": len(list((folder / "seed=0").glob("*.csv"))),
+            "run_status": meta.get("status"),
+        }
 
     return read
 
@@ -152,15 +156,43 @@ def plan(root: Path, out: Path, device: str = "cuda", python: str | None = None)
     runs = out / "runs"
     steps = [Step("environment", None, 10.0)]
     junit = out / "logs" / "cuda-tests.xml"
-    steps.append(Step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", f"--junitxml={junit}", "-p", "no:cacheprovider", str(root / "tests")],
-                      CUDA_TESTS_BUDGET_S, _pytest_numbers(junit)))  # fmt: skip
+    steps.append(
+        Step(
+            "cuda-tests",
+            [python, "-m", "pytest", "-q", "-m", "cuda", f"--junitxml={junit}", "-p", "no:cacheprovider", str(root / "tests")],
+            CUDA_TESTS_BUDGET_S,
+            _pytest_numbers(junit),
+        )
+    )
     for figure in _figures(root):
         budget = FIGURE_BUDGET_S.get(figure, DEFAULT_FIGURE_BUDGET_S)
         if figure not in REDUCED:
-            steps.append(Step(f"figure:{figure}", [python, "-c", f"raise SystemExit('no reduced parameters for {figure}: add them to nfstudy.gpu_check.REDUCED')"], budget))
+            steps.append(
+                Step(
+                    f"figure:{figure}",
+                    [python, "-c", f"raise SystemExit('no reduced parameters for {figure}: add them to nfstudy.gpu_check.REDUCED')"],
+                    budget,
+                )
+            )
             continue
-        command = [python, "-m", "nfstudy", "run", figure, "--profile", "paper", "--seed", "0", "--device", device,
-                   "--dataset", "synthetic", "--results", str(runs), *_param_args(REDUCED[figure])]  # fmt: skip
+        command = [
+            python,
+            "-m",
+            "nfstudy",
+            "run",
+            figure,
+            "--profile",
+            "paper",
+            "--seed",
+            "0",
+            "--device",
+            device,
+            "--dataset",
+            "synthetic",
+            "--results",
+            str(runs),
+            *_param_args(REDUCED[figure]),
+        ]
         steps.append(Step(f"figure:{figure}", command, budget, _claims_numbers(runs / figure / "paper")))
     bench = [python, str(root / "benchmarks" / "bench_train.py"), "--device", device, *BENCH_ARGS]
     steps.append(Step("bench-train", bench, BENCH_BUDGET_S, _bench_numbers))
@@ -173,8 +205,13 @@ def environment(device: str = "cuda") -> dict[str, Any]:
 
     from .runs import _git
 
-    found: dict[str, Any] = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
-                             "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+    found: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     found["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     found["git_commit"] = _git().get("commit")
     found["gpu_count"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -195,8 +232,16 @@ def environment(device: str = "cuda") -> dict[str, Any]:
 def run_step(step: Step, log: Path, budget_s: float, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """Run one step's command under ``budget_s``; its output goes to ``log``. Returns its
     summary row."""
-    row: dict[str, Any] = {"name": step.name, "status": "ok", "seconds": 0.0, "budget_s": round(budget_s, 1),
-                           "command": shlex.join(step.command or []), "numbers": {}, "log": str(log), "error": None}  # fmt: skip
+    row: dict[str, Any] = {
+        "name": step.name,
+        "status": "ok",
+        "seconds": 0.0,
+        "budget_s": round(budget_s, 1),
+        "command": shlex.join(step.command or []),
+        "numbers": {},
+        "log": str(log),
+        "error": None,
+    }
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(log, "w") as out:
@@ -262,21 +307,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.setdefault("MPLBACKEND", "Agg")
 
     started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
-    summary: dict[str, Any] = {"schema": SCHEMA, "ok": False, "dry_run": args.dry_run, "started": started.isoformat(timespec="seconds"),
-                               "seconds": 0.0, "budget_s": args.budget_s, "environment": {}, "steps": []}  # fmt: skip
+    summary: dict[str, Any] = {
+        "schema": SCHEMA,
+        "ok": False,
+        "dry_run": args.dry_run,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": 0.0,
+        "budget_s": args.budget_s,
+        "environment": {},
+        "steps": [],
+    }
     print(f"[gpu-check] {len(steps)} steps, {args.budget_s:.0f} s in all -> {out / 'summary.json'}", file=sys.stderr)
     for step in steps:
         left = args.budget_s - (time.monotonic() - clock)
         budget = min(step.budget_s, left)
         if args.dry_run or budget < 5:
             status = "planned" if args.dry_run else "skipped"
-            row = {"name": step.name, "status": status, "seconds": 0.0, "budget_s": step.budget_s, "command": shlex.join(step.command or []),
-                   "numbers": {}, "log": None, "error": None if args.dry_run else "the total budget was spent"}  # fmt: skip
+            row = {
+                "name": step.name,
+                "status": status,
+                "seconds": 0.0,
+                "budget_s": step.budget_s,
+                "command": shlex.join(step.command or []),
+                "numbers": {},
+                "log": None,
+                "error": None if args.dry_run else "the total budget was spent",
+            }
         elif step.command is None:
             begin = time.monotonic()
             try:
                 summary["environment"] = environment(args.device)
-                row = {"name": step.name, "status": "ok", "numbers": {k: summary["environment"][k] for k in ("gpu", "driver", "torch", "cuda")}, "error": None}
+                row = {
+                    "name": step.name,
+                    "status": "ok",
+                    "numbers": {k: summary["environment"][k] for k in ("gpu", "driver", "torch", "cuda")},
+                    "error": None,
+                }
             except Exception as error:
                 row = {"name": step.name, "status": "failed", "numbers": {}, "error": f"{type(error).__name__}: {error}"}
             row.update(seconds=round(time.monotonic() - begin, 2), budget_s=step.budget_s, command="", log=None)
@@ -285,7 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             row = run_step(step, out / "logs" / f"{step.name.replace(':', '-')}.log", budget, env=env, cwd=root)
         summary["steps"].append(row)
-        print(f"[gpu-check] {row['name']:<16} {row['status']:<8} {row['seconds']:7.1f} s  {row['error'] or row['numbers'] or ''}", file=sys.stderr)
+        print(
+            f"[gpu-check] {row['name']:<16} {row['status']:<8} {row['seconds']:7.1f} s  {row['error'] or row['numbers'] or ''}",
+            file=sys.stderr,
+        )
         summary["seconds"] = round(time.monotonic() - clock, 1)
         _write(out / "summary.json", summary)  # after every step: a killed check still leaves its summary
     summary["ok"] = bool(summary["steps"]) and all(r["status"] == "ok" for r in summary["steps"])

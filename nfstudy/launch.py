@@ -46,9 +46,7 @@ def parse_seeds(specs: str | Iterable[str]) -> list[int]:
         for item in str(word).split(","):
             match = _SEED_ITEM.match(item.strip())
             if not match:
-                raise ValueError(
-                    f"--seeds takes seeds >= 0 as 0-9, 0,2,5 or a mix such as 0-3,7; got {str(word)!r}"
-                )
+                raise ValueError(f"--seeds takes seeds >= 0 as 0-9, 0,2,5 or a mix such as 0-3,7; got {str(word)!r}")
             first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
             if last < first:
                 raise ValueError(f"--seeds range {item.strip()!r} runs backwards: write it low-high, e.g. {last}-{first}")
@@ -141,9 +139,16 @@ def _local_executor(submitit, folder: Path, slot: Slot, timeout_min: float):
     return executor
 
 
-def run_local(jobs: Sequence[Sequence[str]], slots: Sequence[Slot], folder: str | os.PathLike, *,
-              timeout_min: float = LOCAL_TIMEOUT_MIN, cwd: str | None = None, names: Sequence[str] | None = None,
-              log=print) -> list[tuple[int, str]]:  # fmt: skip
+def run_local(
+    jobs: Sequence[Sequence[str]],
+    slots: Sequence[Slot],
+    folder: str | os.PathLike,
+    *,
+    timeout_min: float = LOCAL_TIMEOUT_MIN,
+    cwd: str | None = None,
+    names: Sequence[str] | None = None,
+    log=print,
+) -> list[tuple[int, str]]:
     """Run ``jobs`` (argv lists) through submitit's LocalExecutor, at most one per slot at a
     time, like ``make -j``; returns (index, error) for each job that failed."""
     submitit = _submitit()
@@ -179,9 +184,17 @@ def run_local(jobs: Sequence[Sequence[str]], slots: Sequence[Slot], folder: str 
     return failed
 
 
-def submit_slurm(jobs: Sequence[Sequence[str]], folder: str | os.PathLike, *, partition: str | None = None,
-                 account: str | None = None, gpus_per_job: int = 1, timeout_min: float = SLURM_TIMEOUT_MIN,
-                 job_name: str = "nfstudy", cwd: str | None = None) -> list[str]:  # fmt: skip
+def submit_slurm(
+    jobs: Sequence[Sequence[str]],
+    folder: str | os.PathLike,
+    *,
+    partition: str | None = None,
+    account: str | None = None,
+    gpus_per_job: int = 1,
+    timeout_min: float = SLURM_TIMEOUT_MIN,
+    job_name: str = "nfstudy",
+    cwd: str | None = None,
+) -> list[str]:
     """Submit ``jobs`` as one SLURM job array (one task per job); returns the job ids
     without waiting. Each job runs in ``cwd`` (default: here) on a shared filesystem."""
     submitit = _submitit()
@@ -201,7 +214,9 @@ def check_options(args) -> None:
     if launcher is None:
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ValueError(f"{flags} {'applies' if len(given) == 1 else 'apply'} only to a sweep: add --launcher local or --launcher slurm")
+            raise ValueError(
+                f"{flags} {'applies' if len(given) == 1 else 'apply'} only to a sweep: add --launcher local or --launcher slurm"
+            )
         return
     from .params import check_choice
 
@@ -217,7 +232,9 @@ def check_options(args) -> None:
     if args.timeout_min is not None and args.timeout_min <= 0:
         raise ValueError(f"--timeout-min must be > 0 minutes, got {args.timeout_min}")
     if launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise ValueError("--launcher slurm needs SLURM's sbatch and srun on PATH: run this on the cluster's login node, or use --launcher local")
+        raise ValueError(
+            "--launcher slurm needs SLURM's sbatch and srun on PATH: run this on the cluster's login node, or use --launcher local"
+        )
 
 
 def _preflight(args, launcher: str) -> None:
@@ -258,23 +275,34 @@ def launch(args) -> int:
     folder = Path(args.results or os.environ.get("NFSTUDY_RESULTS") or "results").resolve() / args.figure / args.profile / ".jobs"
     if launcher == "slurm":
         ids = submit_slurm(
-            jobs, folder, partition=args.partition, account=args.account,
+            jobs,
+            folder,
+            partition=args.partition,
+            account=args.account,
             gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job,
-            timeout_min=args.timeout_min or SLURM_TIMEOUT_MIN, job_name=f"nfstudy-{args.figure}",
-        )  # fmt: skip
+            timeout_min=args.timeout_min or SLURM_TIMEOUT_MIN,
+            job_name=f"nfstudy-{args.figure}",
+        )
         for name, job_id in zip(names, ids):
             print(f"{name}: SLURM job {job_id}")
-        print(f"[nfstudy] {len(ids)} jobs submitted (logs in {folder}); follow them with `squeue --me`; "
-              f"when they are done: {_aggregate_command(args)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"[nfstudy] {len(ids)} jobs submitted (logs in {folder}); follow them with `squeue --me`; "
+            f"when they are done: {_aggregate_command(args)}",
+            file=sys.stderr,
+        )
         return 0
     slots = local_slots(len(jobs), args.device, args.gpus, args.jobs)
     print(f"[nfstudy] {len(jobs)} jobs, {len(slots)} at a time (logs in {folder})", file=sys.stderr)
-    failed = run_local(jobs, slots, folder, timeout_min=args.timeout_min or LOCAL_TIMEOUT_MIN, names=names,
-                       log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    failed = run_local(
+        jobs, slots, folder, timeout_min=args.timeout_min or LOCAL_TIMEOUT_MIN, names=names, log=lambda line: print(line, file=sys.stderr)
+    )
     if failed:
         listed = ", ".join(names[i] for i, _ in failed)
-        print(f"[nfstudy] {len(failed)} of {len(jobs)} jobs failed ({listed}); the completed seeds are kept: "
-              f"rerun the failed ones, then {_aggregate_command(args)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"[nfstudy] {len(failed)} of {len(jobs)} jobs failed ({listed}); the completed seeds are kept: "
+            f"rerun the failed ones, then {_aggregate_command(args)}",
+            file=sys.stderr,
+        )
         return 1
     from .cli import aggregate
 

@@ -59,8 +59,14 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
         meta = runs.read_run(seed_dir)
         if runs.is_attempt(seed_dir):  # an unfinished run beside the seed's completed one (if any)
             status = runs.attempt_status(seed_dir)
-            result.broken.append((seed_dir, "a run in progress" if status == "running" else
-                                  f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it"))  # fmt: skip
+            result.broken.append(
+                (
+                    seed_dir,
+                    "a run in progress"
+                    if status == "running"
+                    else f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it",
+                )
+            )
         elif meta is None:
             problem = runs.run_problem(seed_dir)
             why = "no readable run.json" if problem == "no run.json" else problem
@@ -139,8 +145,7 @@ def _facts_markdown(result: ProfileResult) -> list[str]:
     metas = [runs.read_run(p) for p in result.completed]
     seeds = ", ".join(str(m["seed"]) for m in metas)
     # A resumed run's earlier attempts (interrupted, then resumed from checkpoints) count too.
-    durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", []))
-                 for m in metas]  # fmt: skip
+    durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", [])) for m in metas]
     commits = sorted({(m.get("git") or {}).get("commit") or "unknown" for m in metas})
     dirty = any((m.get("git") or {}).get("dirty") for m in metas)
     versions = metas[-1].get("versions", {})
@@ -149,7 +154,8 @@ def _facts_markdown(result: ProfileResult) -> list[str]:
     return [
         f"- **dataset** {', '.join(sorted({str(m.get('dataset')) for m in metas}))}; "
         f"**device** {', '.join(sorted({str(m.get('device')) for m in metas}))}",
-        f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all ({sum(durations) / len(durations):.0f} s per seed); first run {started}",
+        f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all "
+        f"({sum(durations) / len(durations):.0f} s per seed); first run {started}",
         f"- **versions** {shown}",
         f"- **git commit** {', '.join(c[:12] for c in commits)}{' (with uncommitted changes)' if dirty else ''}",
     ]

@@ -14,8 +14,7 @@ from nfstudy_experiments import agc
 # ResNet-8 on 8x8 digits, 2 epochs at batches 64 and 512 (lr 0.1 at 64, no warmup): about a
 # second per run. A threshold of 1e9 never clips, so that run must equal the unclipped one bit
 # for bit.
-TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9), "reference_batch_size": 64,
-        "warmup_epochs": 0.0}  # fmt: skip
+TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9), "reference_batch_size": 64, "warmup_epochs": 0.0}
 
 
 def tiny_run(seed=0, **overrides):
@@ -50,9 +49,15 @@ def test_the_sweep_runs_every_series_at_every_batch_and_threshold():
     assert {n: list(t.columns) for n, t in tables.items()} == {n: list(agc.TABLES[n]) for n in tables}
     runs = list(zip(summary["series"], summary["agc_lambda"].fillna(0), summary["batch_size"]))
     assert runs == [
-        ("bn", 0, 64), ("bn", 0, 512), ("nf", 0, 64), ("nf", 0, 512),
-        ("nf+agc", 0.01, 64), ("nf+agc", 1e9, 64), ("nf+agc", 0.01, 512), ("nf+agc", 1e9, 512),
-    ]  # fmt: skip
+        ("bn", 0, 64),
+        ("bn", 0, 512),
+        ("nf", 0, 64),
+        ("nf", 0, 512),
+        ("nf+agc", 0.01, 64),
+        ("nf+agc", 1e9, 64),
+        ("nf+agc", 0.01, 512),
+        ("nf+agc", 1e9, 512),
+    ]
     assert summary["norm"].tolist() == ["bn"] * 2 + ["nf"] * 6
     np.testing.assert_allclose(summary["base_lr"], 0.1 * summary["batch_size"] / 64)
     # A fixed epoch budget: 1498 training images make 24 steps of 64 or 3 of 512 per epoch.
@@ -111,33 +116,56 @@ def _summary(rows, seed=0):
     frame = pd.DataFrame(
         [
             {
-                "seed": seed, "series": s, "norm": s.split("+")[0], "agc_lambda": np.nan if lam is None else lam,
-                "batch_size": b, "base_lr": 0.1 * b / 64, "status": "diverged" if acc is None else "completed",
-                "diverged": acc is None, "final_test_accuracy": np.nan if acc is None else acc, "chance_accuracy": 0.1,
+                "seed": seed,
+                "series": s,
+                "norm": s.split("+")[0],
+                "agc_lambda": np.nan if lam is None else lam,
+                "batch_size": b,
+                "base_lr": 0.1 * b / 64,
+                "status": "diverged" if acc is None else "completed",
+                "diverged": acc is None,
+                "final_test_accuracy": np.nan if acc is None else acc,
+                "chance_accuracy": 0.1,
             }
             for s, lam, b, acc in rows
         ]
-    )  # fmt: skip
+    )
     return {"summary": frame}
 
 
 PAPER_LIKE = [
-    ("bn", None, 64, 0.98), ("bn", None, 1024, 0.90),
-    ("nf", None, 64, 0.97), ("nf", None, 1024, None),  # unclipped NF diverges at the largest batch
-    ("nf+agc", 0.01, 64, 0.90), ("nf+agc", 0.04, 64, 0.95), ("nf+agc", 0.16, 64, 0.95),  # a tie: 0.16 wins
-    ("nf+agc", 0.01, 1024, 0.85), ("nf+agc", 0.04, 1024, 0.70), ("nf+agc", 0.16, 1024, None),
-]  # fmt: skip
+    ("bn", None, 64, 0.98),
+    ("bn", None, 1024, 0.90),
+    ("nf", None, 64, 0.97),
+    ("nf", None, 1024, None),  # unclipped NF diverges at the largest batch
+    ("nf+agc", 0.01, 64, 0.90),
+    ("nf+agc", 0.04, 64, 0.95),
+    ("nf+agc", 0.16, 64, 0.95),  # a tie: 0.16 wins
+    ("nf+agc", 0.01, 1024, 0.85),
+    ("nf+agc", 0.04, 1024, 0.70),
+    ("nf+agc", 0.16, 1024, None),
+]
 
 
 # NFNets Fig. 2 in miniature: BN flat, NF unclipped diverges at the largest batch, NF + AGC
 # within a point of BN everywhere, the loosest good lambda 0.16 at batch 32 and 0.01 at 512.
 FIG2_LIKE = [
-    ("bn", None, 32, 0.98), ("bn", None, 128, 0.975), ("bn", None, 512, 0.97),
-    ("nf", None, 32, 0.97), ("nf", None, 128, 0.96), ("nf", None, 512, None),
-    ("nf+agc", 0.01, 32, 0.95), ("nf+agc", 0.04, 32, 0.96), ("nf+agc", 0.16, 32, 0.975),
-    ("nf+agc", 0.01, 128, 0.95), ("nf+agc", 0.04, 128, 0.965), ("nf+agc", 0.16, 128, 0.97),
-    ("nf+agc", 0.01, 512, 0.96), ("nf+agc", 0.04, 512, 0.90), ("nf+agc", 0.16, 512, None),
-]  # fmt: skip
+    ("bn", None, 32, 0.98),
+    ("bn", None, 128, 0.975),
+    ("bn", None, 512, 0.97),
+    ("nf", None, 32, 0.97),
+    ("nf", None, 128, 0.96),
+    ("nf", None, 512, None),
+    ("nf+agc", 0.01, 32, 0.95),
+    ("nf+agc", 0.04, 32, 0.96),
+    ("nf+agc", 0.16, 32, 0.975),
+    ("nf+agc", 0.01, 128, 0.95),
+    ("nf+agc", 0.04, 128, 0.965),
+    ("nf+agc", 0.16, 128, 0.97),
+    ("nf+agc", 0.01, 512, 0.96),
+    ("nf+agc", 0.04, 512, 0.90),
+    ("nf+agc", 0.16, 512, None),
+]
 
 
 def _claims(rows):
@@ -149,7 +177,7 @@ def _claims(rows):
 
 
 def _replace(rows, series, batch, accuracy, lam=None):
-    return [(s, l, b, accuracy if (s, l, b) == (series, lam, batch) else a) for s, l, b, a in rows]
+    return [(s, lr, b, accuracy if (s, lr, b) == (series, lam, batch) else a) for s, lr, b, a in rows]
 
 
 def test_claims_of_the_paper_pass_on_a_paper_like_table():
@@ -225,11 +253,15 @@ def test_negative_control_lambda_that_does_not_matter_is_not_evaluable():
 
 def test_negative_control_larger_lambda_at_larger_batch_fails():
     opposite = [
-        ("bn", None, 32, 0.98), ("bn", None, 512, 0.97),
-        ("nf", None, 32, 0.97), ("nf", None, 512, None),
-        ("nf+agc", 0.01, 32, 0.97), ("nf+agc", 0.16, 32, 0.90),
-        ("nf+agc", 0.01, 512, 0.80), ("nf+agc", 0.16, 512, 0.96),
-    ]  # fmt: skip
+        ("bn", None, 32, 0.98),
+        ("bn", None, 512, 0.97),
+        ("nf", None, 32, 0.97),
+        ("nf", None, 512, None),
+        ("nf+agc", 0.01, 32, 0.97),
+        ("nf+agc", 0.16, 32, 0.90),
+        ("nf+agc", 0.01, 512, 0.80),
+        ("nf+agc", 0.16, 512, 0.96),
+    ]
     c = _claims(opposite)
     assert c["lambda"].value == pytest.approx(16.0) and c["lambda"].outcome == "failed"
     # The same loosest good lambda at both ends (lambda matters at the largest batch) is no "smaller".
@@ -301,14 +333,38 @@ def test_bad_parameters_name_the_fix():
 
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
-    args = ["run", "agc", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=1", "--param", "batch_sizes=64,512", "--param", "agc_lambdas=0.01,0.16",
-            "--param", "warmup_epochs=0"]  # fmt: skip
+    args = [
+        "run",
+        "agc",
+        "--profile",
+        "quick",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--param",
+        "depth=8",
+        "--param",
+        "epochs=1",
+        "--param",
+        "batch_sizes=64,512",
+        "--param",
+        "agc_lambdas=0.01,0.16",
+        "--param",
+        "warmup_epochs=0",
+    ]
     assert main(args) == 0
     base = results_root / "agc" / "quick"
     folder = base / "seed=0"
-    assert {p.name for p in folder.iterdir()} == {"agc.ipynb", "run.json", "history.csv", "summary.csv", "claims.csv",
-                                                   "agc.png", "checkpoints"}  # fmt: skip
+    assert {p.name for p in folder.iterdir()} == {
+        "agc.ipynb",
+        "run.json",
+        "history.csv",
+        "summary.csv",
+        "claims.csv",
+        "agc.png",
+        "checkpoints",
+    }
     assert len(list((folder / "checkpoints").iterdir())) == 8
     assert (folder / "checkpoints" / "nf+agc_batch512_lambda0.16").is_dir()
     meta = json.loads((folder / "run.json").read_text())

@@ -46,7 +46,7 @@ def clone_with_grads(model):
     return clone
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resnet8_with_gradients(norm):
     return with_gradients(cifar_resnet(8, norm, skip_gain_init=0.5))
 

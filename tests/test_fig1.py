@@ -87,9 +87,9 @@ def test_the_plateau_rule_on_the_train_accuracy():
     with pytest.raises(ValueError, match="unknown plateau_metric 'accuracy'"):
         TrainConfig(epochs=4, plateau_metric="accuracy")
     # The default metric stays out of the checkpoint fingerprint: checkpoints from before the option resume.
+    from nfstudy.data import load_dataset
     from nfstudy_experiments import fig1, params_for
     from nfstudy_experiments._common import make_resnet
-    from nfstudy.data import load_dataset
 
     params = params_for("fig1", "quick", depth=8)
     data = load_dataset("digits", image_size=8)
@@ -99,15 +99,23 @@ def test_the_plateau_rule_on_the_train_accuracy():
 
 
 def test_the_quick_profile_extends_a_run_that_is_still_rising_and_not_one_that_has_plateaued():
+    from nfstudy.data import load_dataset
     from nfstudy.train import TrainConfig, train
     from nfstudy_experiments import params_for
     from nfstudy_experiments._common import make_resnet
-    from nfstudy.data import load_dataset
 
     params = params_for("fig1", "quick", depth=8)
     data = load_dataset("digits", image_size=8)
-    config = TrainConfig(epochs=6, lr=0.01, augment=False, extend_until_plateau=True, plateau_metric="train_accuracy",
-                         plateau_window=2, plateau_tol=0.01, max_extensions=1)  # fmt: skip
+    config = TrainConfig(
+        epochs=6,
+        lr=0.01,
+        augment=False,
+        extend_until_plateau=True,
+        plateau_metric="train_accuracy",
+        plateau_window=2,
+        plateau_tol=0.01,
+        max_extensions=1,
+    )
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     slow = train(make_resnet(params, "bn", 10), data, config, device="cpu")
@@ -171,21 +179,34 @@ def _outcomes(rows):
     return {
         "outcomes": pd.DataFrame(
             [
-                {"seed": 0, "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}", "norm": n, "base_lr": lr,
-                 "agc_lambda": lam or np.nan, "status": "diverged" if acc is None else "completed",
-                 "diverged_pct": 1.0 if acc is None else np.nan, "final_test_accuracy": np.nan if acc is None else acc,
-                 "final_train_accuracy": np.nan if acc is None else train_acc,
-                 "full_lr_gain": np.nan if acc is None else (0.0 if plateaued else 0.2),
-                 "plateaued": np.nan if acc is None else float(plateaued)}
+                {
+                    "seed": 0,
+                    "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}",
+                    "norm": n,
+                    "base_lr": lr,
+                    "agc_lambda": lam or np.nan,
+                    "status": "diverged" if acc is None else "completed",
+                    "diverged_pct": 1.0 if acc is None else np.nan,
+                    "final_test_accuracy": np.nan if acc is None else acc,
+                    "final_train_accuracy": np.nan if acc is None else train_acc,
+                    "full_lr_gain": np.nan if acc is None else (0.0 if plateaued else 0.2),
+                    "plateaued": np.nan if acc is None else float(plateaued),
+                }
                 for n, lr, lam, acc, train_acc, plateaued in rows
             ]
         )
-    }  # fmt: skip
+    }
 
 
 # The paper's Figure 1 as numbers: every run converged (~100% train accuracy), no BN at 0.1 diverged.
-PAPER = [("bn", 0.1, None, 0.93, 1.0, True), ("bn", 0.003, None, 0.905, 1.0, True), ("bn", 1e-4, None, 0.82, 1.0, True),
-         ("none", 1e-4, None, 0.81, 1.0, True), ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.92, 1.0, True)]  # fmt: skip
+PAPER = [
+    ("bn", 0.1, None, 0.93, 1.0, True),
+    ("bn", 0.003, None, 0.905, 1.0, True),
+    ("bn", 1e-4, None, 0.82, 1.0, True),
+    ("none", 1e-4, None, 0.81, 1.0, True),
+    ("none", 0.1, None, None, None, None),
+    ("nf", 0.1, None, 0.92, 1.0, True),
+]
 
 
 def _by_kind(claims):
@@ -249,9 +270,15 @@ def test_negative_control_runs_collapsed_to_chance_do_not_count_as_trained():
 
 
 def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_claims_alone():
-    rows = [("bn", 0.1, None, 0.98, 1.0, True), ("bn", 1e-4, None, 0.84, 1.0, True), ("none", 1e-4, None, 0.85, 1.0, True),
-            ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.97, 1.0, True), ("none", 0.1, 0.08, 0.93, 0.99, True),
-            ("nf", 0.1, 0.08, 0.96, 1.0, True)]  # fmt: skip
+    rows = [
+        ("bn", 0.1, None, 0.98, 1.0, True),
+        ("bn", 1e-4, None, 0.84, 1.0, True),
+        ("none", 1e-4, None, 0.85, 1.0, True),
+        ("none", 0.1, None, None, None, None),
+        ("nf", 0.1, None, 0.97, 1.0, True),
+        ("none", 0.1, 0.08, 0.93, 0.99, True),
+        ("nf", 0.1, 0.08, 0.96, 1.0, True),
+    ]
     found = fig1.claims(_outcomes(rows))
     paper = fig1.claims(_outcomes(rows[:5]))
     assert [c.value for c in found[:5]] == pytest.approx([c.value for c in paper])  # the clipped runs change nothing
@@ -284,6 +311,7 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, mo
     def interrupted_in_the_third_series(*args, **kwargs):
         calls.append(kwargs["desc"])
         if len(calls) == 3:
+
             def stop(row):
                 raise KeyboardInterrupt
 
@@ -325,8 +353,13 @@ def test_the_mean_over_seeds_whose_budgets_differ_is_taken_on_one_grid():
     from nfstudy_experiments.fig1 import _mean_std
 
     # Seed 0 trained 2 epochs, seed 1 4 (the plateau rule doubled its budget): 50/100% and 25/50/75/100%.
-    history = pd.DataFrame({"seed": [0, 0, 1, 1, 1, 1], "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
-                            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8]})  # fmt: skip
+    history = pd.DataFrame(
+        {
+            "seed": [0, 0, 1, 1, 1, 1],
+            "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
+            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8],
+        }
+    )
     stats = _mean_std(history, "test_accuracy")
     assert stats["progress_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
     assert stats["mean"].tolist() == pytest.approx([0.2, 0.5, 0.7, 0.9])  # 75%: seed 0 interpolated to 0.8
@@ -360,9 +393,24 @@ def test_bad_parameters_name_the_fix():
 
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monkeypatch):
-    args = ["run", "fig1", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=2", "--param", "extend_until_plateau=False",
-            "--param", "series=bn@0.1,bn@0.001,none@0.001,none@50"]  # fmt: skip
+    args = [
+        "run",
+        "fig1",
+        "--profile",
+        "quick",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--param",
+        "depth=8",
+        "--param",
+        "epochs=2",
+        "--param",
+        "extend_until_plateau=False",
+        "--param",
+        "series=bn@0.1,bn@0.001,none@0.001,none@50",
+    ]
     assert main(args) == 0
     base = results_root / "fig1" / "quick"
     folder = base / "seed=0"

@@ -35,8 +35,13 @@ def test_experiment_tables_and_claims_at_tiny_size():
     s = summary.set_index("series")
     assert [c.kind for c in claims] == ["paper", "paper", "paper", "paper", "extension"]
     assert [c.value for c in claims] == pytest.approx(
-        [s.loc["bn", "max_abs"], s.loc["none", "max_abs"], s.loc["none", "max_abs"] / s.loc["bn", "max_abs"],
-         s.loc["none", "kurtosis"] - s.loc["bn", "kurtosis"], s.loc["nf", "max_abs"]]
+        [
+            s.loc["bn", "max_abs"],
+            s.loc["none", "max_abs"],
+            s.loc["none", "max_abs"] / s.loc["bn", "max_abs"],
+            s.loc["none", "kurtosis"] - s.loc["bn", "kurtosis"],
+            s.loc["nf", "max_abs"],
+        ]
     )
     again = fig2.run(params, seed=0, device="cpu")
     pd.testing.assert_frame_equal(again["gradient_values"], values)

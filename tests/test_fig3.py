@@ -9,7 +9,6 @@ import pytest
 from nfstudy.cli import main
 from nfstudy_experiments import fig3
 
-
 TINY = ["-p", "depth", "8", "-p", "batch_size", "16", "-p", "n_step_sizes", "5", "-p", "batches", "[0, 2]"]
 
 
@@ -17,20 +16,33 @@ def test_experiment_tables_at_tiny_size():
     from nfstudy_experiments import fig3, params_for
 
     paper = fig3.PROFILES["paper"]  # every series, the two AGC ones included
-    params = params_for("fig3", "quick", depth=8, batch_size=16, n_step_sizes=7, batches=(0, 2), series=paper.series,
-                        learning_rates=paper.learning_rates)  # fmt: skip
+    params = params_for(
+        "fig3", "quick", depth=8, batch_size=16, n_step_sizes=7, batches=(0, 2), series=paper.series, learning_rates=paper.learning_rates
+    )
     table = fig3.run(params, seed=0, device="cpu")["relative_loss"]
     # the columns and their order are the module's TABLES (the one owner of the schema)
     assert {n: list(t.columns) for n, t in {"relative_loss": table}.items()} == {n: list(fig3.TABLES[n]) for n in {"relative_loss": table}}
     assert table.columns.tolist() == [
-        "series", "lr", "agc_lambda", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after",
+        "series",
+        "lr",
+        "agc_lambda",
+        "batch",
+        "step_size",
+        "relative_loss",
+        "diverged",
+        "loss_before",
+        "loss_after",
         "update_norm",
-    ]  # fmt: skip
+    ]
     series = ("bn", "none", "nf", "none+agc", "nf+agc")
     assert table.groupby(["series", "batch"], sort=False).size().to_dict() == {(s, b): 7 for s in series for b in (0, 2)}
     assert table.groupby("series", sort=False)["lr"].first().to_dict() == {
-        "bn": 0.1, "none": 1e-4, "nf": 0.1, "none+agc": 0.1, "nf+agc": 0.1
-    }  # fmt: skip
+        "bn": 0.1,
+        "none": 1e-4,
+        "nf": 0.1,
+        "none+agc": 0.1,
+        "nf+agc": 0.1,
+    }
     lam = table.groupby("series", sort=False)["agc_lambda"].first()
     assert lam.isna().tolist() == [True, True, True, False, False] and (lam.dropna() == 0.08).all()
     # The same network and batch, clipped: at batch 0 (no momentum yet) the same loss before the
@@ -65,11 +77,20 @@ def _table(rows, steps=STEPS, batches=(1,)):
         for b in batches:
             frames.append(
                 pd.DataFrame(
-                    {"seed": 0, "series": series, "lr": 0.1, "batch": b, "step_size": steps, "relative_loss": r,
-                     "diverged": ~np.isfinite(r) | (r > 1e3), "loss_before": 2.0, "loss_after": 2 * r,
-                     "update_norm": 1.0}
+                    {
+                        "seed": 0,
+                        "series": series,
+                        "lr": 0.1,
+                        "batch": b,
+                        "step_size": steps,
+                        "relative_loss": r,
+                        "diverged": ~np.isfinite(r) | (r > 1e3),
+                        "loss_before": 2.0,
+                        "loss_after": 2 * r,
+                        "update_norm": 1.0,
+                    }
                 )
-            )  # fmt: skip
+            )
     return {"relative_loss": pd.concat(frames, ignore_index=True)}
 
 
@@ -192,8 +213,10 @@ def test_papermill_run_writes_every_contract_file(results_root):
 
 def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
     tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN})
-    gone = tables["relative_loss"].query("series == 'none'").assign(
-        batch=4, loss_before=np.nan, loss_after=np.nan, relative_loss=np.nan, diverged=True
+    gone = (
+        tables["relative_loss"]
+        .query("series == 'none'")
+        .assign(batch=4, loss_before=np.nan, loss_after=np.nan, relative_loss=np.nan, diverged=True)
     )
     bn4 = tables["relative_loss"].query("series == 'bn'").assign(batch=4)
     found = fig3.claims({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
@@ -205,13 +228,13 @@ def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "left out, training diverged\nbefore this batch: seed 0" in texts
     # No probe left at all: the no-BN claims cannot be decided, and say why.
-    never = fig3.claims({"relative_loss": pd.concat([tables["relative_loss"].query("series == 'bn'"),
-                                                                     gone.assign(batch=1)])})  # fmt: skip
+    never = fig3.claims({"relative_loss": pd.concat([tables["relative_loss"].query("series == 'bn'"), gone.assign(batch=1)])})
     undecided = [c for c in never if c.outcome == "not evaluable"]
     assert [c.claim.split(":")[0][:40] for c in undecided] == [
-        "Without BN a small step lowers the loss ", "Without BN every curve explodes past a s",
-        "Without BN the relative loss reaches 1e+", "With BN the loss decreases over a far la",
-    ]  # fmt: skip
-    assert all("diverged before every probed mini-batch" in c.note or "not probed" in c.note or "no probed" in c.note
-               for c in undecided)  # fmt: skip
+        "Without BN a small step lowers the loss ",
+        "Without BN every curve explodes past a s",
+        "Without BN the relative loss reaches 1e+",
+        "With BN the loss decreases over a far la",
+    ]
+    assert all("diverged before every probed mini-batch" in c.note or "not probed" in c.note or "no probed" in c.note for c in undecided)
     assert never[0].value == 0 and not never[0].passed

@@ -9,7 +9,6 @@ import pytest
 from nfstudy.cli import main
 from nfstudy_experiments import fig4
 
-
 TINY = ["-p", "depth", "20", "-p", "layers", "[2, 10, 18]", "-p", "batch_size", "16", "-p", "n_fractions", "3"]
 
 
@@ -26,7 +25,9 @@ def test_experiment_tables_at_tiny_size():
     assert sizes == {(s, k): c for s in ("none", "nf") for k, c in ((2, 16), (10, 32), (18, 64))}
     assert len(moments) == 2 * 5 * (16 + 32 + 64)
     assert moments.groupby("layer")["layer_name"].first().to_dict() == {
-        2: "layer1.0.branch.conv1", 10: "layer2.1.branch.conv1", 18: "layer3.2.branch.conv1"
+        2: "layer1.0.branch.conv1",
+        10: "layer2.1.branch.conv1",
+        18: "layer3.2.branch.conv1",
     }
     assert (moments["variance"] >= 0).all() and np.isfinite(moments["mean"]).all()
     assert losses.groupby("series").size().to_dict() == {"none": 5, "nf": 5}
@@ -48,11 +49,34 @@ def _tables(none_max: dict, relative_none, relative_nf=(1.0, 0.99), none_start: 
         for layer, v1 in ends.items():
             v0 = ends[8] if none_start is None or layer == 8 else none_start
             for fraction, v in ((0.0, min(v0, v1)), (1.0, v1)):
-                rows.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "layer": layer, "layer_name": "x",
-                             "fraction": fraction, "channel": 0, "mean": 0.0, "variance": v})
+                rows.append(
+                    {
+                        "seed": 0,
+                        "series": series,
+                        "lr": 1e-3,
+                        "update": 0,
+                        "layer": layer,
+                        "layer_name": "x",
+                        "fraction": fraction,
+                        "channel": 0,
+                        "mean": 0.0,
+                        "variance": v,
+                    }
+                )
         for fraction, r in zip((0.0, 1.0), relative):
-            losses.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "fraction": fraction,
-                           "step_size": 1e-3 * fraction, "loss": 2 * r, "relative_loss": r, "diverged": r > 1e3})
+            losses.append(
+                {
+                    "seed": 0,
+                    "series": series,
+                    "lr": 1e-3,
+                    "update": 0,
+                    "fraction": fraction,
+                    "step_size": 1e-3 * fraction,
+                    "loss": 2 * r,
+                    "relative_loss": r,
+                    "diverged": r > 1e3,
+                }
+            )
     return {"channel_moments": pd.DataFrame(rows), "update_loss": pd.DataFrame(losses)}
 
 
@@ -61,10 +85,15 @@ PAPER_LIKE = {8: 0.8, 44: 3e6, 80: 2e16}  # PAPERS.md section D, within the fact
 
 def _claims(tables) -> dict:
     """The claims keyed by what they measure."""
-    keys = {"Without BN this update diverges": "diverges", "During the diverging update the no-BN network's layer-8 ": "layer8",
-            "During the diverging update the no-BN network's layer-44 ": "layer44",
-            "During the diverging update the no-BN network's layer-80 ": "layer80", "The activations blow up with depth": "growth",
-            "The blow-up happens during the update": "during", "(beyond the paper) The NF-ResNet": "nf"}
+    keys = {
+        "Without BN this update diverges": "diverges",
+        "During the diverging update the no-BN network's layer-8 ": "layer8",
+        "During the diverging update the no-BN network's layer-44 ": "layer44",
+        "During the diverging update the no-BN network's layer-80 ": "layer80",
+        "The activations blow up with depth": "growth",
+        "The blow-up happens during the update": "during",
+        "(beyond the paper) The NF-ResNet": "nf",
+    }
     found = {}
     for c in fig4.claims(tables):
         (key,) = [k for start, k in keys.items() if c.claim.startswith(start)]

@@ -19,7 +19,9 @@ def test_experiment_tables_and_claims_at_tiny_size():
     params = params_for("fig5", "quick", **TINY)
     table = fig5.run(params, seed=0, device="cpu")["activation_stats"]
     # the columns and their order are the module's TABLES (the one owner of the schema)
-    assert {n: list(t.columns) for n, t in {"activation_stats": table}.items()} == {n: list(fig5.TABLES[n]) for n in {"activation_stats": table}}
+    assert {n: list(t.columns) for n, t in {"activation_stats": table}.items()} == {
+        n: list(fig5.TABLES[n]) for n in {"activation_stats": table}
+    }
     assert table.columns.tolist() == ["series", "network", "depth", "layer_name", "statistic", "value"]
     assert len(table) == 3 * 2 * 5 * 4  # series x networks x layers x statistics
     names = table.drop_duplicates("depth").set_index("depth")["layer_name"]

@@ -151,7 +151,14 @@ def test_papermill_run_writes_every_contract_file(results_root):
     args = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
     assert main(["run", "fig6", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
     folder = results_root / "fig6" / "quick" / "seed=0"
-    assert {p.name for p in folder.iterdir()} == {"fig6.ipynb", "run.json", "logit_gradients.csv", "dominant_class.csv", "claims.csv", "fig6.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "fig6.ipynb",
+        "run.json",
+        "logit_gradients.csv",
+        "dominant_class.csv",
+        "claims.csv",
+        "fig6.png",
+    }
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
     assert len(pd.read_csv(folder / "claims.csv")) == 4
     assert (results_root / "fig6" / "quick" / "fig6.png").stat().st_size > 10_000

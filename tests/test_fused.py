@@ -21,9 +21,8 @@ import torch
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
-from nfstudy.train import train_fused
 from nfstudy.models import create_model
-from nfstudy.train import TrainConfig, train
+from nfstudy.train import TrainConfig, train, train_fused
 
 RTOL = 2e-3  # losses, fused vs one at a time: rounding of the grouped conv's weight gradients (module docstring)
 ACC_IMAGES = 2  # accuracies, fused vs one at a time, in images
@@ -47,7 +46,7 @@ def config(lr: float, epochs: int = 3, **kwargs) -> TrainConfig:
 def one_at_a_time(models, data, configs, seeds, clips=None, out_dirs=None):
     clips = clips or [None] * len(models)
     out_dirs = out_dirs or [None] * len(models)
-    return [train(m, data, c, seed=s, device="cpu", clip=k, out_dir=o) for m, c, s, k, o in zip(models, configs, seeds, clips, out_dirs)]  # fmt: skip
+    return [train(m, data, c, seed=s, device="cpu", clip=k, out_dir=o) for m, c, s, k, o in zip(models, configs, seeds, clips, out_dirs)]
 
 
 def assert_same_history(fused: pd.DataFrame, alone: pd.DataFrame, n_images: int, exact: bool = False):

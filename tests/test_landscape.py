@@ -18,7 +18,6 @@ from nfstudy.probes import (
     relative_loss_during_training,
 )
 
-
 STEPS = np.logspace(-4, 0.5, 7)
 
 

@@ -30,7 +30,13 @@ def test_seed_lists(specs, seeds):
 
 @pytest.mark.parametrize(
     "word, message",
-    [("3-1", "runs backwards: write it low-high, e.g. 1-3"), ("-1", "0-9, 0,2,5"), ("a", "0-9, 0,2,5"), ("1,,2", "got '1,,2'"), ("1.5", "got '1.5'")],
+    [
+        ("3-1", "runs backwards: write it low-high, e.g. 1-3"),
+        ("-1", "0-9, 0,2,5"),
+        ("a", "0-9, 0,2,5"),
+        ("1,,2", "got '1,,2'"),
+        ("1.5", "got '1.5'"),
+    ],
 )
 def test_bad_seed_lists_name_the_accepted_forms(word, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -42,14 +48,45 @@ def run_args(*argv):
 
 
 def test_each_job_is_the_single_seed_command_with_the_sweeps_options(tmp_path):
-    args = run_args("--profile", "quick", "--seeds", "0-1", "--device", "cpu", "-p", "size", "50",
-                    "--param", "samples=2", "--results", str(tmp_path / "r"), "--launcher", "local", "--jobs", "2")  # fmt: skip
+    args = run_args(
+        "--profile",
+        "quick",
+        "--seeds",
+        "0-1",
+        "--device",
+        "cpu",
+        "-p",
+        "size",
+        "50",
+        "--param",
+        "samples=2",
+        "--results",
+        str(tmp_path / "r"),
+        "--launcher",
+        "local",
+        "--jobs",
+        "2",
+    )
     options = launch.forwarded_options(args)
     argv = launch.seed_argv("fig7", 1, options, python="PY")
     assert argv == [
-        "PY", "-m", "nfstudy", "run", "fig7", "--profile", "quick", "--device", "cpu",
-        "--param=size=50", "--param=samples=2", "--results", str(tmp_path / "r"), "--seed", "1", "--no-aggregate",
-    ]  # fmt: skip
+        "PY",
+        "-m",
+        "nfstudy",
+        "run",
+        "fig7",
+        "--profile",
+        "quick",
+        "--device",
+        "cpu",
+        "--param=size=50",
+        "--param=samples=2",
+        "--results",
+        str(tmp_path / "r"),
+        "--seed",
+        "1",
+        "--no-aggregate",
+    ]
     # The job's command line parses back to the same run, one seed, no launcher.
     again = _parser().parse_args(argv[3:])
     assert (again.seed, again.launcher, again.no_aggregate, again.param) == (1, None, True, ["size=50", "samples=2"])
@@ -127,14 +164,35 @@ def test_slurm_sweep_submits_one_array_task_per_seed(tmp_path, monkeypatch, caps
         script.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\necho "Submitted batch job 4242"\n')
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    argv = ["run", "fig7", "--profile", "quick", "--seeds", "0-2,5", "--launcher", "slurm", "--partition", "gpu", "--account", "acme", "--timeout-min", "90"]
+    argv = [
+        "run",
+        "fig7",
+        "--profile",
+        "quick",
+        "--seeds",
+        "0-2,5",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--account",
+        "acme",
+        "--timeout-min",
+        "90",
+    ]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [f"fig7 seed {s}: SLURM job 4242_{i}" for i, s in enumerate([0, 1, 2, 5])]
     assert "python -m nfstudy aggregate fig7 --profile quick" in err
     jobs = results_root / "fig7" / "quick" / ".jobs"
     script = (jobs / "4242_submission.sh").read_text()
-    for line in ("#SBATCH --array=0-3%4", "#SBATCH --partition=gpu", "#SBATCH --account=acme", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90"):
+    for line in (
+        "#SBATCH --array=0-3%4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=acme",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=90",
+    ):
         assert line in script
     assert not list(results_root.glob("fig7/quick/seed=*"))  # nothing ran here
 
@@ -142,7 +200,26 @@ def test_slurm_sweep_submits_one_array_task_per_seed(tmp_path, monkeypatch, caps
 @pytest.mark.slow
 def test_local_sweep_of_a_figure_writes_each_seed_and_aggregates(results_root, capsys):
     """Two seeds of fig7 (tiny matrices) as two local processes, then the cross-seed figure."""
-    argv = ["run", "fig7", "--profile", "quick", "--seeds", "0,1", "--device", "cpu", "-p", "size", "40", "-p", "samples", "2", "--launcher", "local", "--jobs", "2"]
+    argv = [
+        "run",
+        "fig7",
+        "--profile",
+        "quick",
+        "--seeds",
+        "0,1",
+        "--device",
+        "cpu",
+        "-p",
+        "size",
+        "40",
+        "-p",
+        "samples",
+        "2",
+        "--launcher",
+        "local",
+        "--jobs",
+        "2",
+    ]
     assert main(argv) == 0
     quick = Path(results_root) / "fig7" / "quick"
     from nfstudy import runs

@@ -7,10 +7,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import nfstudy_experiments
 from nfstudy.cli import FIGURE_PACKAGE, RUN_PARAMETERS, figures_available, load_figure

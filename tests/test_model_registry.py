@@ -36,8 +36,7 @@ def test_resnet101_with_and_without_bn_share_every_conv_weight(resnet101_pair):
     assert torch.equal(bn.fc.weight, none.fc.weight)
     # The layer names the figures report: the reproduction's "layer 55" is the middle of layer3.
     names = {k: weight_layers(none)[k - 1].name for k in (1, 4, 54, 55, 100, 101)}
-    assert names == {1: "conv1", 4: "layer1.0.conv3", 54: "layer3.10.conv2", 55: "layer3.10.conv3",
-                     100: "layer4.2.conv3", 101: "fc"}  # fmt: skip
+    assert names == {1: "conv1", 4: "layer1.0.conv3", 54: "layer3.10.conv2", 55: "layer3.10.conv3", 100: "layer4.2.conv3", 101: "fc"}
 
 
 def test_resnet101_init_is_torchvisions_kaiming_fan_out(resnet101_pair):

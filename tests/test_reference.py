@@ -49,7 +49,7 @@ class _Example(_Base):
 def test_field_docs_reads_trailing_comments():
     docs = field_docs(_Example)
     assert list(docs) == ["depth", "init", "label", "plain", "spread", "above"]
-    assert docs["label"] == 'not \'#\' in the string: this one, with "quotes" and a # inside'
+    assert docs["label"] == "not '#' in the string: this one, with \"quotes\" and a # inside"
     assert docs["plain"] == ""
     assert docs["spread"] == "a default over three lines"
     assert docs["above"] == "The comment block above a field that has no trailing comment, over two lines."

@@ -126,8 +126,16 @@ def _constructed(variance_per_block: float, sq_mean: float, branch_sq_mean: floa
             if block:
                 stats |= {"branch_avg_channel_var": 1.0, "branch_avg_channel_sq_mean": branch_sq_mean}
             rows += [
-                {"seed": 0, "series": series, "input": "gaussian", "block": block, "block_name": f"b{block}",
-                 "stage": 1 + 3 * block // (blocks + 1), "statistic": k, "value": v}
+                {
+                    "seed": 0,
+                    "series": series,
+                    "input": "gaussian",
+                    "block": block,
+                    "block_name": f"b{block}",
+                    "stage": 1 + 3 * block // (blocks + 1),
+                    "statistic": k,
+                    "value": v,
+                }
                 for k, v in stats.items()
             ]
     return pd.DataFrame(rows)

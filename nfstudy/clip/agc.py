@@ -20,7 +20,7 @@ code's (deepmind-research, ``nfnets/optim.py``): a unit is left alone when
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -35,7 +35,7 @@ AGC_EPS = 1e-3
 GRAD_NORM_GUARD = 1e-6
 AUTO = "auto"
 
-UnitDim = Union[int, None]  # the dimension that enumerates units; None: the tensor is one unit
+UnitDim = int | None  # the dimension that enumerates units; None: the tensor is one unit
 
 
 def default_unit_dim(shape: Iterable[int]) -> UnitDim:
@@ -56,8 +56,9 @@ def check_unit_dim(shape: torch.Size, unit_dim: Any, what: str) -> UnitDim:
         raise TypeError(f"the unit dim of {what} must be an int or None (the whole tensor is one unit), got {unit_dim!r}")
     if not -len(shape) <= unit_dim < len(shape):
         raise ValueError(
-            f"unit dim {unit_dim} is out of range for {what} of shape {tuple(shape)}: "
-            f"use 0..{len(shape) - 1}, or None for one unit" if shape else f"{what} is a scalar: its unit dim can only be None"
+            f"unit dim {unit_dim} is out of range for {what} of shape {tuple(shape)}: use 0..{len(shape) - 1}, or None for one unit"
+            if shape
+            else f"{what} is a scalar: its unit dim can only be None"
         )
     return unit_dim % len(shape)
 

@@ -190,9 +190,7 @@ def foreach_adaptive_clip_grad_(
     check_positive("clipping_threshold", clipping_threshold)
     check_positive("eps", eps)
     params = [parameters] if isinstance(parameters, torch.Tensor) else parameters
-    overrides = {
-        id(p): check_unit_dim(p.shape, dim, f"a parameter of shape {tuple(p.shape)}") for p, dim in (unit_dims or {}).items()
-    }
+    overrides = {id(p): check_unit_dim(p.shape, dim, f"a parameter of shape {tuple(p.shape)}") for p, dim in (unit_dims or {}).items()}
     by_device: dict[torch.device, tuple[list, list, list]] = {}
     for p in params:
         grad = p.grad

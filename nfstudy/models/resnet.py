@@ -36,8 +36,8 @@ all of them, and exposes each block's residual branch as the submodule ``branch`
 
 from __future__ import annotations
 
-import re
 import functools
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,9 +113,7 @@ class ResNetConfig:
         check_choice("norm", self.norm, NORMS)
         check_choice("init", self.init, INITS)
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
-            raise ValueError(
-                f"depth must be 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))}), got {self.depth!r}"
-            )
+            raise ValueError(f"depth must be 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))}), got {self.depth!r}")
 
     @property
     def blocks_per_stage(self) -> int:

@@ -234,7 +234,7 @@ class ActivationProbe:
 
     # ------------------------------------------------------------------ hooks
 
-    def __enter__(self) -> "ActivationProbe":
+    def __enter__(self) -> ActivationProbe:
         try:
             self._register()
         except BaseException:

@@ -197,9 +197,7 @@ def relative_loss_along_update(
     """
     steps = check_step_sizes(step_sizes)
     update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train, clip=clip)
-    losses, _ = evaluate_along_update(
-        model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size
-    )
+    losses, _ = evaluate_along_update(model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size)
     # One transfer for the whole probe; the ratio in float64 of the two float32 losses.
     norm = update.norm()
     values = torch.cat([norm.reshape(1), update.loss.reshape(1).to(norm.dtype), losses.to(norm.dtype)])

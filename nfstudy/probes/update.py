@@ -105,7 +105,7 @@ class UpdateDirection:
         loss_fn: LossFn = F.cross_entropy,
         train: bool = True,
         clip: ClipFn | None = None,
-    ) -> "UpdateDirection":
+    ) -> UpdateDirection:
         """One forward and one backward pass on ``(images, labels)``; no state changes.
 
         ``clip``: the training step's gradient clipping (``clip(model)`` between backward and

@@ -55,10 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_dataset(args.dataset, **({"image_size": args.image_size} if args.image_size else {}))
         config = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-            augment=not args.no_augment, extend_until_plateau=args.extend_until_plateau, precision=args.precision,
-            sync_batchnorm=args.sync_batchnorm, compile=args.compile, checkpoint_every=args.checkpoint_every,
-        )  # fmt: skip
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs,
+            augment=not args.no_augment,
+            extend_until_plateau=args.extend_until_plateau,
+            precision=args.precision,
+            sync_batchnorm=args.sync_batchnorm,
+            compile=args.compile,
+            checkpoint_every=args.checkpoint_every,
+        )
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         model = create_model(args.model, args.norm, args.init, num_classes=data.num_classes)
         desc = f"{args.model} {args.norm} lr={args.lr:g}"

@@ -113,10 +113,19 @@ class _Run:
         model_state = self.model.state_dict()  # views into the stack: cloned, or torch.save writes every run's storage
         for key, value in model_state.items():
             model_state[key] = value.clone()
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # fmt: skip
-        save_checkpoint(self.out / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint(self.description),
-                                           "description": self.description, "state": self.s, "model": model_state,
-                                           "optimizer": self.optimizer.state_dict(), "rng": rng})  # fmt: skip
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        save_checkpoint(
+            self.out / "checkpoint.pt",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": fingerprint(self.description),
+                "description": self.description,
+                "state": self.s,
+                "model": model_state,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+            },
+        )
 
     def write_history(self) -> None:
         if self.out is not None:
@@ -149,14 +158,20 @@ def _check_group(models: Sequence[nn.Module], configs: Sequence[TrainConfig]) ->
         raise ValueError("the same model object appears twice: build one model per run")
 
     def layout(m):
-        return (type(m), repr(m), [(n, p.shape, p.dtype) for n, p in m.named_parameters()],
-                [(n, b.shape, b.dtype) for n, b in m.named_buffers()])  # fmt: skip
+        return (
+            type(m),
+            repr(m),
+            [(n, p.shape, p.dtype) for n, p in m.named_parameters()],
+            [(n, b.shape, b.dtype) for n, b in m.named_buffers()],
+        )
 
     first = layout(models[0])
     for i, m in enumerate(models[1:], 1):
         if layout(m) != first:
-            raise ValueError(f"model {i} is not built like model 0 (module tree, parameters or buffers differ): "
-                             "fuse only runs of one architecture, e.g. group by norm")  # fmt: skip
+            raise ValueError(
+                f"model {i} is not built like model 0 (module tree, parameters or buffers differ): "
+                "fuse only runs of one architecture, e.g. group by norm"
+            )
     for name in SHARED_FIELDS:
         values = [getattr(c, name) for c in configs]
         if len(set(values)) > 1:
@@ -240,7 +255,17 @@ def train_fused(
         out = Path(out_dir) if out_dir is not None else None
         model.to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        s = dict(epoch=0, budget=config.epochs, extensions=0, step=0, history=[], status="running", initial_loss=None, diverged_step=None, diverged_loss=None)  # fmt: skip
+        s = dict(
+            epoch=0,
+            budget=config.epochs,
+            extensions=0,
+            step=0,
+            history=[],
+            status="running",
+            initial_loss=None,
+            diverged_step=None,
+            diverged_loss=None,
+        )
         if out is not None and (out / "checkpoint.pt").is_file():
             saved = load_checkpoint(out / "checkpoint.pt", description)
             model.load_state_dict(saved["model"])
@@ -254,8 +279,12 @@ def train_fused(
         torch.backends.cudnn.benchmark = True
     size = data.train_images.shape[-1]
     common = dict(device=device, channels_last=channels_last)
-    loaders = {seed: data.loader("train", shared.batch_size, augment=shared.augment, pad=size // 8, drop_last=shared.drop_last,
-                                 seed=seed, **common) for seed in sorted({r.seed for r in runs})}  # fmt: skip
+    loaders = {
+        seed: data.loader(
+            "train", shared.batch_size, augment=shared.augment, pad=size // 8, drop_last=shared.drop_last, seed=seed, **common
+        )
+        for seed in sorted({r.seed for r in runs})
+    }
     test_loader = data.loader("test", shared.eval_batch_size, shuffle=False, seed=runs[0].seed, **common)
     steps = len(next(iter(loaders.values())))
     n = len(data.train_labels)
@@ -284,8 +313,7 @@ def train_fused(
             r.write_history()
             r.checkpoint(device)
 
-    bar = progress(total=sum(r.s["budget"] for r in runs) * steps, initial=sum(r.s["epoch"] for r in runs) * steps,
-                   desc=desc, unit="step")  # fmt: skip
+    bar = progress(total=sum(r.s["budget"] for r in runs) * steps, initial=sum(r.s["epoch"] for r in runs) * steps, desc=desc, unit="step")
     done: set[int] = set()
     stacked: list[_Run] = []
     params = buffers = None
@@ -384,8 +412,15 @@ def train_fused(
             test_loss, test_accuracy = evaluate(r.model, test_loader, amp)
             r.s["epoch"] += 1
             r.s["step"] = r.s["epoch"] * steps
-            row = dict(epoch=r.s["epoch"], step=r.s["step"], lr=r.optimizer.param_groups[0]["lr"], train_loss=float(r.step_loss.sum()) / n,
-                       train_accuracy=float(r.step_correct.sum()) / n, test_loss=test_loss, test_accuracy=test_accuracy)  # fmt: skip
+            row = dict(
+                epoch=r.s["epoch"],
+                step=r.s["step"],
+                lr=r.optimizer.param_groups[0]["lr"],
+                train_loss=float(r.step_loss.sum()) / n,
+                train_accuracy=float(r.step_correct.sum()) / n,
+                test_loss=test_loss,
+                test_accuracy=test_accuracy,
+            )
             r.s["history"].append(row)
             r.write_history()
             if on_epoch is not None:

@@ -49,8 +49,15 @@ from .schedule import learning_rate, milestone_epochs, plateaued, warmup_rate
 __all__ = ["HISTORY_COLUMNS", "LoopState", "TrainResult", "backward_and_step", "evaluate", "history_frame", "train"]
 
 HISTORY_COLUMNS = [
-    "epoch", "step", "progress_pct", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-]  # fmt: skip
+    "epoch",
+    "step",
+    "progress_pct",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+]
 
 ClipFn = Callable[[nn.Module], Any]  # rescales the model's .grad in place (nfstudy.clip.GradientClipper)
 
@@ -149,11 +156,18 @@ class _Run:
 
     def checkpoint(self, state: LoopState) -> None:
         if self.writer:
-            save_checkpoint(self.out / "checkpoint.pt", {
-                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint(self.description), "description": self.description,
-                "state": dataclasses.asdict(state), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng_states(self.device),
-            })  # fmt: skip
+            save_checkpoint(
+                self.out / "checkpoint.pt",
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": fingerprint(self.description),
+                    "description": self.description,
+                    "state": dataclasses.asdict(state),
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "rng": rng_states(self.device),
+                },
+            )
 
     def write_history(self, state: LoopState) -> None:
         if self.writer:
@@ -241,8 +255,13 @@ def _host_sync(run: _Run, state: LoopState, start: int, end: int) -> None:
     seconds, images = time.perf_counter() - run.tick, float(sum(run.batch_sizes[window]))
     run.trained_seconds, run.trained_images = run.trained_seconds + seconds, run.trained_images + images
     run.bar.update(end - start)
-    run.bar.set_postfix(epoch=state.epoch + 1, lr=f"{run.optimizer.param_groups[0]['lr']:.2g}", loss=f"{sum(losses) / len(losses):.3g}",
-                        acc=f"{float(run.step_correct[window].sum()) / images:.3f}", img_s=f"{images / seconds:.0f}")  # fmt: skip
+    run.bar.set_postfix(
+        epoch=state.epoch + 1,
+        lr=f"{run.optimizer.param_groups[0]['lr']:.2g}",
+        loss=f"{sum(losses) / len(losses):.3g}",
+        acc=f"{float(run.step_correct[window].sum()) / images:.3f}",
+        img_s=f"{images / seconds:.0f}",
+    )
     run.tick = time.perf_counter()
 
 
@@ -251,8 +270,15 @@ def _end_epoch(run: _Run, state: LoopState, on_epoch: Callable[[dict[str, Any]],
     test_loss, test_accuracy = evaluate(run.net, run.test_loader, run.amp, run.world)
     state.epoch += 1
     state.step = state.epoch * run.steps
-    row = dict(epoch=state.epoch, step=state.step, lr=run.optimizer.param_groups[0]["lr"], train_loss=float(run.step_loss.sum()) / run.images,
-               train_accuracy=float(run.step_correct.sum()) / run.images, test_loss=test_loss, test_accuracy=test_accuracy)  # fmt: skip
+    row = dict(
+        epoch=state.epoch,
+        step=state.step,
+        lr=run.optimizer.param_groups[0]["lr"],
+        train_loss=float(run.step_loss.sum()) / run.images,
+        train_accuracy=float(run.step_correct.sum()) / run.images,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+    )
     state.history.append(row)
     run.write_history(state)
     if on_epoch is not None:
@@ -265,8 +291,12 @@ def _extend_budget(state: LoopState, config: TrainConfig) -> bool:
     """The plateau rule, at the first milestone before the rate drops: double the budget
     (True) unless the run has plateaued or used its ``max_extensions``."""
     first_drop = milestone_epochs(state.budget, config.milestones)[0] if config.milestones else None
-    if (config.extend_until_plateau and state.epoch == first_drop and state.extensions < config.max_extensions
-            and not plateaued(state.history, config.plateau_metric, config.plateau_window, config.plateau_tol)):  # fmt: skip
+    if (
+        config.extend_until_plateau
+        and state.epoch == first_drop
+        and state.extensions < config.max_extensions
+        and not plateaued(state.history, config.plateau_metric, config.plateau_window, config.plateau_tol)
+    ):
         state.budget, state.extensions = 2 * state.budget, state.extensions + 1
         return True
     return False
@@ -302,8 +332,16 @@ def _finish(run: _Run, state: LoopState, resumed_from: int, finished_before: boo
     )
 
 
-def _start(model: nn.Module, data: ImageDataset, config: TrainConfig, seed: int, device: str | torch.device,
-           clip: ClipFn | None, out_dir: str | os.PathLike | None, desc: str | None) -> tuple[_Run, LoopState]:  # fmt: skip
+def _start(
+    model: nn.Module,
+    data: ImageDataset,
+    config: TrainConfig,
+    seed: int,
+    device: str | torch.device,
+    clip: ClipFn | None,
+    out_dir: str | os.PathLike | None,
+    desc: str | None,
+) -> tuple[_Run, LoopState]:
     """Place the model, build the optimizer, resume from ``out_dir``'s checkpoint, wrap the
     model (DDP, compile), build the loaders and the progress bar, in that order."""
     rank, world = rank_and_world()
@@ -333,22 +371,39 @@ def _start(model: nn.Module, data: ImageDataset, config: TrainConfig, seed: int,
         net = torch.compile(net)
     size = data.train_images.shape[-1]
     common = dict(seed=seed, device=device, channels_last=channels_last, rank=rank, world_size=world)
-    train_loader = data.loader("train", config.batch_size, augment=config.augment, pad=size // 8, drop_last=config.drop_last, **common)  # fmt: skip
+    train_loader = data.loader("train", config.batch_size, augment=config.augment, pad=size // 8, drop_last=config.drop_last, **common)
     test_loader = data.loader("test", config.eval_batch_size, shuffle=False, **common)
     steps = len(train_loader)
     n = len(data.train_labels)
     batch_sizes = [min(config.batch_size, n - b * config.batch_size) for b in range(steps)]  # global
     if min(batch_sizes) < world:
-        raise ValueError(f"the last batch of an epoch has {min(batch_sizes)} images, fewer than the {world} ranks: "
-                         "use drop_last=True or another batch_size")  # fmt: skip
-    bar = progress(total=state.budget * steps, initial=state.epoch * steps, desc=desc, unit="step", **({"disable": True} if rank else {}))  # fmt: skip
+        raise ValueError(
+            f"the last batch of an epoch has {min(batch_sizes)} images, fewer than the {world} ranks: "
+            "use drop_last=True or another batch_size"
+        )
+    bar = progress(total=state.budget * steps, initial=state.epoch * steps, desc=desc, unit="step", **({"disable": True} if rank else {}))
     run = _Run(
-        config=config, model=model, net=net, optimizer=optimizer, clip=clip, device=device, amp=amp, world=world,
-        train_loader=train_loader, test_loader=test_loader, warmup_steps=round(config.warmup_epochs * steps), images=n,
-        batch_sizes=batch_sizes, sizes=torch.tensor(batch_sizes, device=device, dtype=torch.float32),
-        step_loss=torch.zeros(steps, device=device), step_correct=torch.zeros(steps, device=device), bar=bar,
-        description=description, out=out, writer=out is not None and rank == 0,
-    )  # fmt: skip
+        config=config,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        clip=clip,
+        device=device,
+        amp=amp,
+        world=world,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        warmup_steps=round(config.warmup_epochs * steps),
+        images=n,
+        batch_sizes=batch_sizes,
+        sizes=torch.tensor(batch_sizes, device=device, dtype=torch.float32),
+        step_loss=torch.zeros(steps, device=device),
+        step_correct=torch.zeros(steps, device=device),
+        bar=bar,
+        description=description,
+        out=out,
+        writer=out is not None and rank == 0,
+    )
     return run, state
 
 
