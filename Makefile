@@ -9,6 +9,7 @@ DEVICE  ?= auto
 DATASET ?=
 PARAMS  ?=
 GPUS    ?=
+GPU_CHECK ?=
 PYTHON  ?= python3
 VENV    ?= .venv
 
@@ -19,7 +20,7 @@ NF    := $(PY) -m nfstudy
 # A figure exists when its papermill template does: notebooks/<figure>.ipynb.
 FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
 
-.PHONY: help setup test quick figs report bench lock clean $(FIGURES)
+.PHONY: help setup setup-system gpu-wheels gpu-check test quick figs report bench lock clean $(FIGURES)
 .DEFAULT_GOAL := help
 
 help:
@@ -28,6 +29,7 @@ help:
 	@echo "make <figure>         one of: $(FIGURES)"
 	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) GPUS=$(GPUS) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
 	@echo "make figs | report | bench | setup"
+	@echo "make setup-system | gpu-check   a machine with its own CUDA torch, offline (docs/gpu.md)"
 
 setup: $(STAMP)
 
@@ -37,6 +39,29 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# A machine whose Python already has a CUDA torch (>= 2.4) and no network (docs/gpu.md): a
+# venv that sees the system's packages, the wheels of tools/gpu_wheels.sh from .whl/ (papermill
+# and its kernel), and nfstudy itself; torch is never reinstalled.
+setup-system:
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import sys, torch; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); \
+	    sys.exit(0 if v >= (2, 4) else 'torch ' + torch.__version__ + ' is older than 2.4: install a newer CUDA torch first')"
+	if ls .whl/*.whl >/dev/null 2>&1; then $(PY) -m pip install -q --no-index --no-deps .whl/*.whl; fi
+	$(PY) -m pip install -q --no-index --no-deps --no-build-isolation -e .
+	$(PY) -c "import papermill, ipykernel" || { echo "papermill is missing: run tools/gpu_wheels.sh where there is a network and copy .whl/ here (docs/gpu.md)"; exit 1; }
+	touch $(STAMP)
+
+# The wheels setup-system installs, downloaded where there is a network (Python 3.12, x86-64).
+gpu-wheels:
+	tools/gpu_wheels.sh .whl
+
+# One call on a GPU machine, <= 8 minutes: CUDA tests, every figure's paper profile at a
+# reduced size, the training benchmark -> results/gpu_check/summary.json (nfstudy/gpu_check.py).
+# Runs with the venv when there is one (setup-system), else with $(PYTHON) and this checkout.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m nfstudy.gpu_check $(GPU_CHECK)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -66,7 +91,7 @@ bench: $(STAMP)
 lock:
 	rm -rf /tmp/nfstudy-lock && $(PYTHON) -m venv /tmp/nfstudy-lock
 	/tmp/nfstudy-lock/bin/pip install -q torch==2.13.0 torchvision==0.28.0 pandas seaborn matplotlib \
-	    jupyter papermill ipykernel scikit-learn tqdm pytest timm
+	    jupyter papermill ipykernel scikit-learn tqdm pytest timm ruff submitit
 	{ sed -n '/^#/p' requirements.lock; /tmp/nfstudy-lock/bin/pip freeze --all | grep -v '^pip=' \
 	    | sed 's/+cpu$$//'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 

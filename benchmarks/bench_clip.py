@@ -1,4 +1,5 @@
-"""AGC speed: nfstudy.clip against timm's ``adaptive_clip_grad`` and a per-parameter loop.
+"""AGC speed: nfstudy.clip's vectorised path (``clip.fast``) against its definition applied
+tensor by tensor (``clip.agc.adaptive_clip_grad_``) and timm's ``adaptive_clip_grad``.
 
     python benchmarks/bench_clip.py                 # what `make bench` runs
     python benchmarks/bench_clip.py --threads 1 --reps 30 --device cuda
@@ -12,7 +13,7 @@ CPU time (with one torch thread) does not count. Before timing,
 the results are asserted equal.
 
 * ResNet-110 (BN) and ResNet-110 (NF) gradients of one backward pass (nfstudy.models).
-  For the NF network, nfstudy and the loop are given timm's units for the one kind of
+  For the NF network, fast and agc are given timm's units for the one kind of
   tensor where the two definitions differ (gains stored as [out, 1, 1, 1]: one unit as
   the paper's code defines it, one unit per element for timm; see tests/test_clip.py),
   so that all three compute the same thing.
@@ -22,7 +23,7 @@ the results are asserted equal.
 copy of all weights and gradients, the memory traffic any AGC needs, without per-tensor
 costs.
 
-Then the stacking threshold of nfstudy.clip (STACK_BELOW_NUMEL) swept on ResNet-110 (NF),
+Then the stacking threshold of nfstudy.clip.fast (STACK_BELOW_NUMEL) swept on ResNet-110 (NF),
 and AGC's share of a ResNet-110 (NF) training step: forward, backward, clip, SGD step at
 batch 128, ours and timm's clip in alternate steps (timm given the parameters less the
 head's weight; ours given the model).
@@ -48,21 +49,12 @@ with warnings.catch_warnings():
 
 from timm.utils.agc import adaptive_clip_grad as timm_adaptive_clip_grad  # noqa: E402
 
-from nfstudy import clip  # noqa: E402
-from nfstudy.clip import GradientClipper, adaptive_clip_grad_, agc_scale, default_unit_dim, unitwise_norm  # noqa: E402
+from nfstudy.clip import GradientClipper, adaptive_clip_grad_, fast  # noqa: E402
+from nfstudy.clip.agc import default_unit_dim  # noqa: E402
+from nfstudy.clip.fast import foreach_adaptive_clip_grad_  # noqa: E402
 from nfstudy.models import cifar_resnet  # noqa: E402
 
 THRESHOLD = 0.01  # the paper's lambda for large batches
-
-
-def per_parameter_loop(params, threshold, eps=1e-3, unit_dims=None):
-    """The definition as the obvious loop: a handful of small kernels per parameter."""
-    unit_dims = unit_dims or {}
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                dim = unit_dims.get(p, "auto")
-                p.grad.mul_(agc_scale(unitwise_norm(p.grad, dim), unitwise_norm(p, dim), threshold, eps))
 
 
 def sync(device):
@@ -128,9 +120,7 @@ def summary(times):
     median = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     text = ", ".join(f"{k} {median[k] * 1e3:.2f} ({best[k] * 1e3:.2f})" for k in times)
-    ratios = "  ".join(
-        f"{k}/nfstudy {median[k] / median['nfstudy']:.2f}x ({best[k] / best['nfstudy']:.2f}x)" for k in times if k != "nfstudy"
-    )
+    ratios = "  ".join(f"{k}/fast {median[k] / median['fast']:.2f}x ({best[k] / best['fast']:.2f}x)" for k in times if k != "fast")
     return f"{text}  | {ratios}"
 
 
@@ -166,9 +156,9 @@ def gradient_benchmarks(device, reps, layers, width):
         units = {p: 0 for p in params if p.ndim > 1 and default_unit_dim(p.shape) is None}
         numel = sum(p.numel() for p in params)
         methods = {
-            "nfstudy": lambda: adaptive_clip_grad_(params, THRESHOLD, unit_dims=units),
+            "fast": lambda: foreach_adaptive_clip_grad_(params, THRESHOLD, unit_dims=units),
             "timm": lambda: timm_adaptive_clip_grad(params, THRESHOLD),
-            "loop": lambda: per_parameter_loop(params, THRESHOLD, unit_dims=units),
+            "agc": lambda: adaptive_clip_grad_(params, THRESHOLD, unit_dims=units),
             "floor": floor_of(params),
         }
         n = reps if numel < 1e7 else max(5, reps // 4)
@@ -181,26 +171,26 @@ def gradient_benchmarks(device, reps, layers, width):
 
 
 def stacking_threshold_sweep(device, reps):
-    """AGC on ResNet-110 (NF) gradients with clip.STACK_BELOW_NUMEL set to each value."""
+    """AGC on ResNet-110 (NF) gradients with fast.STACK_BELOW_NUMEL set to each value."""
     model = resnet_gradients("nf", device)
     params = [p for p in model.parameters() if p.grad is not None]
-    default = clip.STACK_BELOW_NUMEL
+    default = fast.STACK_BELOW_NUMEL
     values = {"never": 0, "1024": 1024, "16384": 16384, "65536": 65536, "always": 2**62}
 
     def use(value):
         def setup():
-            if clip.STACK_BELOW_NUMEL != value:
-                clip.STACK_BELOW_NUMEL = value
-                clip._plan.cache_clear()
-                adaptive_clip_grad_(params, THRESHOLD)  # build the plan and its buffers, untimed
+            if fast.STACK_BELOW_NUMEL != value:
+                fast.STACK_BELOW_NUMEL = value
+                fast._plan.cache_clear()
+                foreach_adaptive_clip_grad_(params, THRESHOLD)  # build the plan and its buffers, untimed
 
         return setup
 
-    methods = {name: (lambda: adaptive_clip_grad_(params, THRESHOLD)) for name in values}
+    methods = {name: (lambda: foreach_adaptive_clip_grad_(params, THRESHOLD)) for name in values}
     setups = {name: use(value) for name, value in values.items()}
     _, cpu, _ = time_interleaved(params, methods, reps, device, setups)
-    clip.STACK_BELOW_NUMEL = default
-    clip._plan.cache_clear()
+    fast.STACK_BELOW_NUMEL = default
+    fast._plan.cache_clear()
     medians = {name: statistics.median(t) for name, t in cpu.items()}
     print(
         f"ResNet-110 (NF), stack same-shaped tensors below N elements (now {default}), CPU ms median: "

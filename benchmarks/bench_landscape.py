@@ -1,6 +1,6 @@
 """The landscape probe against the public reproduction's method (Bjorck et al. Fig. 3).
 
-Baseline (PAPERS.md seed 004, ``fig3``; ``nfstudy.probes.landscape.relative_loss_by_trial_steps``):
+Baseline (PAPERS.md seed 004, ``fig3``; ``relative_loss_by_trial_steps`` in tests/_reference.py):
 for each step size, save model and optimizer with ``torch.save``, forward, backward,
 ``optimizer.step()`` with ``lr = eta``, evaluate, restore both with ``torch.load``.
 Ours (``nfstudy.probes.relative_loss_along_update``): one forward and backward pass,
@@ -39,8 +39,11 @@ warnings.simplefilter("ignore")
 from nfstudy.data import load_dataset  # noqa: E402  (imports torchvision safely first)
 from nfstudy.models import cifar_resnet  # noqa: E402
 from nfstudy.probes import relative_loss_along_update  # noqa: E402
-from nfstudy.probes.landscape import default_chunk_size, relative_loss_by_trial_steps  # noqa: E402
+from nfstudy.probes.landscape import default_chunk_size  # noqa: E402
 from nfstudy.runtime import resolve_device  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from _reference import relative_loss_by_trial_steps  # noqa: E402  (the reproduction's method, kept with the tests)
 
 LEARNING_RATES = {"bn": 0.1, "none": 1e-4, "nf": 0.1}  # Fig. 3's training learning rates
 
@@ -147,21 +150,29 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset)
-    print(f"bench_landscape: ResNet-{args.depth}, {args.dataset}, batch {args.batch_size}, {args.step_sizes} step sizes "
-          f"10^{args.log10_min}..10^{args.log10_max}, {args.rounds} interleaved rounds")
+    print(
+        f"bench_landscape: ResNet-{args.depth}, {args.dataset}, batch {args.batch_size}, {args.step_sizes} step sizes "
+        f"10^{args.log10_min}..10^{args.log10_max}, {args.rounds} interleaved rounds"
+    )
     print(f"machine: {machine(device)}")
     results = [bench_series(s, args, data, device) for s in args.series]
     print(f"\n{'series':6s} {'baseline':>9s} {'ours':>8s} {'wall':>6s} {'CPU':>6s}  {'agreement (max rel diff)':>24s}  chunk")
     for r in results:
-        note = "" if r["baseline_evaluated"] == args.step_sizes else (
-            f"  (the baseline stopped at its first non-finite loss: {r['baseline_evaluated']} of {args.step_sizes} step sizes)"
+        note = (
+            ""
+            if r["baseline_evaluated"] == args.step_sizes
+            else (f"  (the baseline stopped at its first non-finite loss: {r['baseline_evaluated']} of {args.step_sizes} step sizes)")
         )
-        print(f"{r['series']:6s} {r['baseline_s']:8.2f}s {r['ours_s']:7.2f}s {r['ratio']:5.2f}x {r['cpu_ratio']:5.2f}x  "
-              f"{r['max_rel_diff']:16.1e} on {r['compared']:2d}  {r['chunk']:5d}{note}")
+        print(
+            f"{r['series']:6s} {r['baseline_s']:8.2f}s {r['ours_s']:7.2f}s {r['ratio']:5.2f}x {r['cpu_ratio']:5.2f}x  "
+            f"{r['max_rel_diff']:16.1e} on {r['compared']:2d}  {r['chunk']:5d}{note}"
+        )
     k = args.step_sizes
     target = 3.0 if device.type == "cpu" else 10.0
-    print(f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "
-          f"target {target:g}x; relative losses agree to 1e-5 where both are finite: yes (asserted)")
+    print(
+        f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "
+        f"target {target:g}x; relative losses agree to 1e-5 where both are finite: yes (asserted)"
+    )
     return 0
 
 

@@ -1,31 +1,46 @@
-"""One module per figure: its parameters, profiles and ``run(...)`` returning tidy tables.
+"""The figures: one module per figure, each holding the figure's whole definition.
 
-Every module ``experiments.<figure>`` defines
+Installed under the import name ``nfstudy_experiments`` (pyproject.toml maps it to this
+folder, so that installing nfstudy adds no generic top-level name ``experiments``). Every
+module ``nfstudy_experiments.<figure>`` defines
 
-* ``Params``: a frozen dataclass of the figure's parameters (checked on creation);
-* ``PROFILES = {"paper": Params(...), "quick": Params(...)}``;
-* ``run(params, *, seed, device) -> dict[str, pandas.DataFrame]``: tidy tables, no
-  plotting and no files (the notebook saves them through ``nfstudy.runs``).
+* its docstring: the paper and the protocol;
+* ``TITLE``: the figure's title, as the report prints it;
+* ``Params``: a frozen dataclass of the figure's parameters (checked on creation), and
+  ``PROFILES = {"paper": Params(...), "quick": Params(...)}``;
+* ``TABLES``: the tables ``run`` returns, ``{table: {column: description}}``, the columns
+  in order (a saved table has a leading ``seed`` column besides);
+* ``run(params, *, seed, device) -> dict[str, pandas.DataFrame]``: those tables, tidy, no
+  plotting and no files (the notebook saves them through ``nfstudy.runs``);
+* ``plot(tables) -> matplotlib.figure.Figure``: the figure for one seed's tables or for
+  several seeds' tables concatenated (then with mean +- band across seeds);
+* ``claims(tables) -> list[nfstudy.claims.Claim]``: the paper's claims, measured on one
+  seed's tables.
+
+``plot`` and ``claims`` take the tables as saved (with ``seed``): being built from the CSVs
+alone, they work on results copied from another machine.
+
+:data:`FIGURES` is the one list of figures, in the report's order: Bjorck et al.'s, then
+the NF papers'. Each has its papermill template ``notebooks/<figure>.ipynb`` (a test keeps
+the two lists equal).
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from types import ModuleType
 from typing import Any
 
 from nfstudy.params import check_choice, resolve
 
-__all__ = ["available", "load", "params_for"]
+__all__ = ["FIGURES", "load", "params_for"]
 
-
-def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "agc", "spp")
 
 
 def load(figure: str) -> ModuleType:
-    check_choice("figure", figure, available())
+    """The module of ``figure`` (one of :data:`FIGURES`)."""
+    check_choice("figure", figure, FIGURES)
     return importlib.import_module(f"{__name__}.{figure}")
 
 

@@ -1,20 +1,33 @@
-"""Pieces the figure modules share: the ``+agc`` series suffix and the network of a
+"""Pieces the figure modules share: the network of a
 figure's parameters (``model``, ``depth``, ``init``: see :mod:`nfstudy.models.registry`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
+import torch
 
 from nfstudy.data import DATASETS, TRAIN_IMAGES
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
-from nfstudy.params import AGC_SUFFIX, check_choice, check_positive
+from nfstudy.params import check_choice, check_positive
+from nfstudy.series import network_of, split_agc
+from nfstudy.train import train, train_fused
+
+# A figure's ``fuse`` parameter: train each group of runs of one network as one stacked
+# network (nfstudy.train.train_fused) or one run at a time (nfstudy.train.train). "auto":
+# fused on CUDA only; on a CPU fused training is no faster (benchmarks/README.md, fused section).
+FUSE_CHOICES = ("auto", "on", "off")
 
 
-def split_agc(spec: str) -> tuple[str, bool]:
-    """``"none+agc"`` -> ``("none", True)``, ``"bn"`` -> ``("bn", False)``; the caller checks the norm."""
-    spec = str(spec)
-    agc = spec.endswith(AGC_SUFFIX)
-    return (spec[: -len(AGC_SUFFIX)] if agc else spec), agc
+@dataclass(frozen=True)
+class NetworkParams:
+    """The parameters every network figure has, first in its ``Params``: the data set and the
+    depth of its ResNet (:func:`make_resnet`). A figure's ``Params`` subclasses this and adds
+    its own; a figure with another default redeclares the field, which keeps its place."""
+
+    dataset: str = "cifar10"  # the images: cifar10 (the papers') | digits (bundled, 8x8) | synthetic
+    depth: int = 110  # ResNet depth, 6n+2 (the paper's ResNet-110)
 
 
 def model_name(params) -> str:
@@ -32,7 +45,7 @@ def make_resnet(params, norm: str, num_classes: int):
 
 def series_norm(spec) -> str:
     """The network of a series entry: ``"none+agc@0.1"`` -> ``"none"``, ``"bn"`` -> ``"bn"``."""
-    return split_agc(str(spec).partition("@")[0])[0]
+    return split_agc(network_of(spec))[0]
 
 
 def check_depth(depth) -> None:
@@ -81,6 +94,24 @@ def check_network_params(params, *, norm_series: bool = True) -> None:
     if norm_series:
         for s in params.series:
             check_choice("series", s, NORMS)
+
+
+def check_fuse(fuse) -> None:
+    check_choice("fuse", fuse, FUSE_CHOICES)
+
+
+def use_fused(fuse: str, device: torch.device) -> bool:
+    """Whether ``fuse`` ("auto" | "on" | "off") trains fused on ``device``: "auto" fuses on CUDA only."""
+    return fuse == "on" or (fuse == "auto" and device.type == "cuda")
+
+
+def train_group(models, data, configs, *, seed, device, clips, out_dirs, desc):
+    """One :class:`~nfstudy.train.TrainResult` per model, in order: the runs of one network
+    trained as one stacked network (:func:`nfstudy.train.train_fused`); a run alone through
+    :func:`nfstudy.train.train`."""
+    if len(models) == 1:
+        return [train(models[0], data, configs[0], seed=seed, device=device, clip=clips[0], out_dir=out_dirs[0], desc=desc)]
+    return train_fused(models, data, configs, seeds=seed, device=device, clips=clips, out_dirs=out_dirs, desc=desc)
 
 
 def history_table(runs: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:

@@ -4,7 +4,7 @@ The paper does not state its initialisation (PAPERS.md section D). For the CIFAR
 ResNet-110 with BN and without BN (the same conv weights: each figure seeds both series
 alike) and every candidate of :data:`nfstudy.models.INITS`, this measures the magnitudes
 the paper's figures show, through the figures' own ``run()`` functions at their paper
-profile (``experiments.params_for(fig, "paper", dataset=..., init=..., series=...)``):
+profile (``nfstudy_experiments.params_for(fig, "paper", dataset=..., init=..., series=...)``):
 
 * Fig. 2: the range of the layer-55 kernel gradient at initialisation (max |g| and the
   99.9% quantile of |g|), BN and no BN, and their ratio;
@@ -24,8 +24,8 @@ Writes ``init_survey.csv`` (tidy: init, network, figure, magnitude, value, paper
 data) and ``init_survey.md`` (the table, the factor by which each init misses each paper
 magnitude, and the ranking) into ``--out``::
 
-    python -m experiments._init_survey --device cpu --dataset synthetic --out results/init_survey
-    python -m experiments._init_survey --device cuda --preset full --out results/init_survey
+    python -m nfstudy_experiments._init_survey --device cpu --dataset synthetic --out results/init_survey
+    python -m nfstudy_experiments._init_survey --device cuda --preset full --out results/init_survey
 
 ``--preset cpu`` (default) is the smallest run that measures every magnitude (one network
 per series for Figs. 5 and 6, six fractions of the Fig. 4 update, short training on 8x8
@@ -46,12 +46,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from experiments import params_for
 from nfstudy.data import DATASETS, load_dataset
 from nfstudy.models import INITS, cifar_resnet
 from nfstudy.runs import atomic_write, atomic_write_csv
 from nfstudy.runtime import progress, resolve_device
 from nfstudy.train import TrainConfig, train
+
+from . import params_for
 
 PAPER_DEPTH = 110
 FIG2_LAYER = 55
@@ -115,8 +116,9 @@ PRESETS = {
     # One network per series, six fractions, 72 + 36 training steps: the CPU run.
     "cpu": Survey(),
     # The figures' paper profiles; 25 epochs (300 steps) of training on 32x32 digits.
-    "full": Survey(networks=10, fig4_fractions=51, fig4_extra_lrs=(1e-4, 0.01, 0.1), train_image_size=32, train_epochs=50,
-                   train_epochs_fast=10),
+    "full": Survey(
+        networks=10, fig4_fractions=51, fig4_extra_lrs=(1e-4, 0.01, 0.1), train_image_size=32, train_epochs=50, train_epochs_fast=10
+    ),
 }
 
 
@@ -133,30 +135,42 @@ def _row(init, network, figure, magnitude, value, data):
 
 
 def fig2_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig2
+    from . import fig2
 
     (layer,) = scaled_layers((FIG2_LAYER,), s.depth)
-    p = params_for("fig2", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth, layer=layer,
-                   batch_size=s.batch_size)  # fmt: skip
+    p = params_for(
+        "fig2", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth, layer=layer, batch_size=s.batch_size
+    )
     values = fig2.run(p, seed=s.seed, device=device)["gradient_values"]
     data = f"{s.dataset} 32x32, batch {s.batch_size}"
     rows, found = [], {}
     for series, v in values.groupby("series"):
         g = v["value"].abs()
         found[series] = (float(g.max()), float(g.quantile(0.999)))
-        rows += [_row(init, series, "fig2", f"max |g| layer {FIG2_LAYER}", found[series][0], data),
-                 _row(init, series, "fig2", f"q99.9 |g| layer {FIG2_LAYER}", found[series][1], data)]  # fmt: skip
+        rows += [
+            _row(init, series, "fig2", f"max |g| layer {FIG2_LAYER}", found[series][0], data),
+            _row(init, series, "fig2", f"q99.9 |g| layer {FIG2_LAYER}", found[series][1], data),
+        ]
     for i, name in enumerate(("max |g| ratio", "q99.9 |g| ratio")):
         rows.append(_row(init, "none/bn", "fig2", name, found["none"][i] / found["bn"][i], data))
     return rows
 
 
 def fig5_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig5
+    from . import fig5
 
     layers = scaled_layers(FIG5_LAYERS, s.depth)
-    p = params_for("fig5", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth, layers=layers,
-                   networks=s.networks, batch_size=s.batch_size)  # fmt: skip
+    p = params_for(
+        "fig5",
+        "paper",
+        dataset=s.dataset,
+        init=init,
+        series=("bn", "none"),
+        depth=s.depth,
+        layers=layers,
+        networks=s.networks,
+        batch_size=s.batch_size,
+    )
     table = fig5.run(p, seed=s.seed, device=device)["activation_stats"]
     data = f"{s.dataset} 32x32, batch {s.batch_size}, {s.networks} network(s)"
     mean = table.groupby(["series", "statistic", "depth"])["value"].mean()  # over networks
@@ -175,17 +189,32 @@ def fig5_rows(init: str, s: Survey, device) -> list[dict]:
             rows += [
                 _row(init, series, "fig5", f"min over layers {base} channel |mean|, std", min(mine.values()), data),
                 _row(init, series, "fig5", f"max over layers {base} channel |mean|, std", max(mine.values()), data),
-                _row(init, series, "fig5", f"{base} avg channel |mean| rise layer {FIG5_LAYERS[0]} to {FIG5_LAYERS[-1]}",
-                     means[1] - means[0], data),
-            ]  # fmt: skip
+                _row(
+                    init,
+                    series,
+                    "fig5",
+                    f"{base} avg channel |mean| rise layer {FIG5_LAYERS[0]} to {FIG5_LAYERS[-1]}",
+                    means[1] - means[0],
+                    data,
+                ),
+            ]
     return rows
 
 
 def fig6_rows(init: str, s: Survey, device) -> list[dict]:
-    from experiments import fig6
+    from . import fig6
 
-    p = params_for("fig6", "paper", dataset=s.dataset, init=init, series=("bn", "none"), depth=s.depth,
-                   networks=s.networks, batch_size=s.batch_size, epoch=False)  # fmt: skip
+    p = params_for(
+        "fig6",
+        "paper",
+        dataset=s.dataset,
+        init=init,
+        series=("bn", "none"),
+        depth=s.depth,
+        networks=s.networks,
+        batch_size=s.batch_size,
+        epoch=False,
+    )
     tables = fig6.run(p, seed=s.seed, device=device)
     data = f"{s.dataset} 32x32, batch {s.batch_size}, {s.networks} network(s)"
     grads = tables["logit_gradients"]
@@ -219,11 +248,20 @@ def _last_finite_fraction(x: pd.DataFrame) -> float:
 
 def fig4_rows(init: str, s: Survey, device) -> list[dict]:
     """At the figure's learning rate (the ranked rows) and at ``fig4_extra_lrs``."""
-    from experiments import fig4
+    from . import fig4
 
     layers = scaled_layers(FIG4_LAYERS, s.depth)
-    p = params_for("fig4", "paper", dataset=s.dataset, init=init, series=("none",), depth=s.depth, layers=layers,
-                   batch_size=s.batch_size, n_fractions=s.fig4_fractions)  # fmt: skip
+    p = params_for(
+        "fig4",
+        "paper",
+        dataset=s.dataset,
+        init=init,
+        series=("none",),
+        depth=s.depth,
+        layers=layers,
+        batch_size=s.batch_size,
+        n_fractions=s.fig4_fractions,
+    )
     rows = []
     for lr in (p.lr, *s.fig4_extra_lrs):
         tables = fig4.run(replace(p, lr=lr), seed=s.seed, device=device)
@@ -239,11 +277,16 @@ def fig4_rows(init: str, s: Survey, device) -> list[dict]:
                 _row(init, "none", "fig4", f"max |channel mean| layer {paper_layer}{suffix}", x["mean"].abs().max(), data),
                 _row(init, "none", "fig4", f"max channel variance layer {paper_layer}{suffix}", x["variance"].max(), data),
                 # The ranges above skip NaN (float32 overflowed): how much of the update they miss.
-                _row(init, "none", "fig4", f"non-finite share layer {paper_layer}{suffix}",
-                     1.0 - np.isfinite(x["variance"].to_numpy()).mean(), data),
-                _row(init, "none", "fig4", f"last fraction finite at layer {paper_layer}{suffix}",
-                     _last_finite_fraction(x), data),
-            ]  # fmt: skip
+                _row(
+                    init,
+                    "none",
+                    "fig4",
+                    f"non-finite share layer {paper_layer}{suffix}",
+                    1.0 - np.isfinite(x["variance"].to_numpy()).mean(),
+                    data,
+                ),
+                _row(init, "none", "fig4", f"last fraction finite at layer {paper_layer}{suffix}", _last_finite_fraction(x), data),
+            ]
         rows += [
             _row(init, "none", "fig4", f"relative loss at the full step{suffix}", loss["relative_loss"].iloc[-1], data),
             _row(init, "none", "fig4", f"update diverged (1 = yes){suffix}", bool(loss["diverged"].iloc[-1]), data),
@@ -258,12 +301,12 @@ def train_rows(init: str, s: Survey, device) -> list[dict]:
         epochs = s.train_epochs if speed == "slow" else s.train_epochs_fast
         torch.manual_seed(s.seed)
         model = cifar_resnet(s.depth, "none", init, num_classes=data_set.num_classes)
-        config = TrainConfig(epochs=epochs, batch_size=128, lr=lr, momentum=0.9, weight_decay=5e-4, milestones=(),
-                             sync_every=1, precision="fp32")  # fmt: skip
+        config = TrainConfig(
+            epochs=epochs, batch_size=128, lr=lr, momentum=0.9, weight_decay=5e-4, milestones=(), sync_every=1, precision="fp32"
+        )
         result = train(model, data_set, config, seed=s.seed, device=device, desc=f"train {init} no BN lr {lr:g}")
         summary = result.summary()
-        data = (f"{s.train_dataset} {s.train_image_size}x{s.train_image_size}, batch 128, "
-                f"{epochs * result.steps_per_epoch} steps budget")  # fmt: skip
+        data = f"{s.train_dataset} {s.train_image_size}x{s.train_image_size}, batch 128, {epochs * result.steps_per_epoch} steps budget"
         last = result.history.iloc[-1] if len(result.history) else None
         rows += [
             _row(init, "none", "train", f"initial loss at lr {lr:g}", summary["initial_loss"], data),
@@ -271,9 +314,18 @@ def train_rows(init: str, s: Survey, device) -> list[dict]:
             _row(init, "none", "train", f"diverged step at lr {lr:g}", summary["diverged_step"] or math.nan, data),
             _row(init, "none", "train", f"steps at lr {lr:g}", result.steps, data),
             _row(init, "none", "train", f"train loss at the end, lr {lr:g}", last["train_loss"] if last is not None else math.nan, data),
-            _row(init, "none", "train", f"train accuracy at the end, lr {lr:g}", last["train_accuracy"] if last is not None else math.nan, data),
-            _row(init, "none", "train", f"test accuracy at the end, lr {lr:g}", last["test_accuracy"] if last is not None else math.nan, data),
-        ]  # fmt: skip
+            _row(
+                init,
+                "none",
+                "train",
+                f"train accuracy at the end, lr {lr:g}",
+                last["train_accuracy"] if last is not None else math.nan,
+                data,
+            ),
+            _row(
+                init, "none", "train", f"test accuracy at the end, lr {lr:g}", last["test_accuracy"] if last is not None else math.nan, data
+            ),
+        ]
     return rows
 
 
@@ -393,10 +445,10 @@ def report(table: pd.DataFrame, s: Survey, device: str) -> str:
     parts = [
         "# Which initialisation is the paper's network? (issue 11)",
         "",
-        "Written by `python -m experiments._init_survey` (experiments/_init_survey.py); "
-        f"device {device}; {settings}.",
+        f"Written by `python -m nfstudy_experiments._init_survey` (experiments/_init_survey.py); device {device}; {settings}.",
         "No BN = the same conv weights as BN (each figure seeds both series alike). Data per probe: "
-        + "; ".join(f"{f}: {d}" for f, d in data.items() if f in PROBES) + ".",
+        + "; ".join(f"{f}: {d}" for f, d in data.items() if f in PROBES)
+        + ".",
         "Paper values: PAPERS.md section D (read off the figures, good to a factor ~2).",
         "",
         "## Measured",
@@ -422,7 +474,7 @@ def report(table: pd.DataFrame, s: Survey, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments._init_survey", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nfstudy_experiments._init_survey", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for init_survey.csv and init_survey.md")
     parser.add_argument("--device", default="auto", help="cpu, cuda, auto")
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -437,10 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     s = PRESETS[args.preset]
-    overrides = {"dataset": args.dataset, "depth": args.depth, "seed": args.seed, "train_dataset": args.train_dataset,
-                 "inits": tuple(args.inits.split(",")) if args.inits else None, "train_epochs": args.train_epochs,
-                 "train_epochs_fast": args.train_epochs_fast,
-                 "fig4_extra_lrs": tuple(float(x) for x in args.fig4_extra_lrs.split(",")) if args.fig4_extra_lrs else None}  # fmt: skip
+    overrides = {
+        "dataset": args.dataset,
+        "depth": args.depth,
+        "seed": args.seed,
+        "train_dataset": args.train_dataset,
+        "inits": tuple(args.inits.split(",")) if args.inits else None,
+        "train_epochs": args.train_epochs,
+        "train_epochs_fast": args.train_epochs_fast,
+        "fig4_extra_lrs": tuple(float(x) for x in args.fig4_extra_lrs.split(",")) if args.fig4_extra_lrs else None,
+    }
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
     unknown = [p for p in probes if p not in PROBES]

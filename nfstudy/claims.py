@@ -1,7 +1,7 @@
 """A paper's claim as a measured number against a stated threshold or band.
 
-Each figure module (``nfstudy.figures.<figure>``) turns one seed's tables into a list
-of :class:`Claim`; :func:`claims_table` makes the tidy ``claims.csv`` of that seed and
+Each figure module (``experiments/<figure>.py``) turns one seed's tables into a list of
+:class:`Claim`; :func:`claims_table` makes the tidy ``claims.csv`` of that seed and
 :func:`across_seeds` the figure-level one. Thresholds come from the papers' statements,
 never from our results: where a paper gives a magnitude the claim is a two-sided band
 (``comparison="between"``, :func:`near`), where it says "larger" or "lower" a margin.

@@ -1,7 +1,8 @@
 """``python -m nfstudy``: list figures, run them through their notebooks, aggregate seeds.
 
-    python -m nfstudy list
+    python -m nfstudy list [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
+    python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
     python -m nfstudy aggregate fig2 --profile quick
     python -m nfstudy report
 
@@ -17,6 +18,8 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -24,9 +27,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-__all__ = ["aggregate", "main", "run_figure"]
+__all__ = ["FIGURE_PACKAGE", "aggregate", "figure_package", "load_figure", "main", "run_figure"]
 
 # What every template's parameters cell has besides the experiment's own parameters.
 RUN_PARAMETERS = ("profile", "seed", "device", "results_dir")
@@ -39,25 +43,58 @@ def _root() -> Path:
     root = project_root()
     if root is None:
         raise SystemExit(
-            "nfstudy's notebooks and experiments live in its repository checkout; "
+            "nfstudy's notebooks live in its repository checkout; "
             "install it with `pip install -e <checkout>` (make setup does) to run figures."
         )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     return root
 
 
-def figures_available() -> list[str]:
-    return sorted(p.stem for p in (_root() / "notebooks").glob("*.ipynb"))
+# The import name of the figure package, the folder experiments/ (pyproject.toml maps one
+# to the other): a name of nfstudy's own, so that installing it adds no generic `experiments`.
+FIGURE_PACKAGE = "nfstudy_experiments"
+
+
+def figure_package() -> ModuleType:
+    """The figure package (``FIGURES``, ``load``, ``params_for``), imported from the checkout
+    this ``nfstudy`` comes from: with two checkouts (a worktree run with ``PYTHONPATH`` and
+    another checkout's editable install) the figures match the library. An installed
+    nfstudy (no checkout) imports the installed package. The library never imports it."""
+    if FIGURE_PACKAGE in sys.modules:
+        return sys.modules[FIGURE_PACKAGE]
+    from .runs import project_root
+
+    root = project_root()
+    init = root / "experiments" / "__init__.py" if root else None
+    if init is None or not init.is_file():
+        return importlib.import_module(FIGURE_PACKAGE)
+    spec = importlib.util.spec_from_file_location(FIGURE_PACKAGE, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[FIGURE_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[FIGURE_PACKAGE]
+        raise
+    return module
+
+
+def load_figure(figure: str) -> ModuleType:
+    """The module of one figure (its Params, PROFILES, TABLES, run, plot, claims, TITLE)."""
+    return figure_package().load(figure)
+
+
+def figures_available() -> tuple[str, ...]:
+    """Every figure, in the report's order (the figure package's ``FIGURES``)."""
+    return figure_package().FIGURES
+
+
+def figure_modules() -> dict[str, ModuleType]:
+    """Every figure's module, name -> module, in the report's order."""
+    return {figure: load_figure(figure) for figure in figures_available()}
 
 
 def _experiment(figure: str):
-    from .params import check_choice
-
-    check_choice("figure", figure, figures_available())
-    import experiments
-
-    return experiments.load(figure)
+    return load_figure(figure)
 
 
 def _parse_value(text: str) -> Any:
@@ -179,8 +216,11 @@ def run_figure(
     what = f"{figure} seed {seed} ({profile})"
     with runs.acquire_lock(final, what=what) as lock:
         if lock.stale:
-            print(f"[nfstudy] cleared the stale lock of a run that no longer runs: pid {lock.stale.get('pid')}, "
-                  f"started {lock.stale.get('started')}", file=sys.stderr)  # fmt: skip
+            print(
+                f"[nfstudy] cleared the stale lock of a run that no longer runs: pid {lock.stale.get('pid')}, "
+                f"started {lock.stale.get('started')}",
+                file=sys.stderr,
+            )
         attempt = runs.prepare_attempt(final)
         notebook = attempt / f"{figure}.ipynb"
         kept = f"; the completed run of this seed is unchanged in {final}" if runs.read_run(final) else ""
@@ -200,11 +240,12 @@ def run_figure(
         except pm.PapermillExecutionError as error:
             if error.ename == "KeyboardInterrupt":
                 _mark_if_running(attempt, "interrupted", "KeyboardInterrupt")
-                raise RunInterrupted(f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}") from None
+                raise RunInterrupted(
+                    f"{what} interrupted: the attempt is kept in {attempt} (run the same command to resume){kept}"
+                ) from None
             _mark_if_running(attempt, "failed", f"{error.ename}: {error.evalue}")
             raise RunFailed(
-                f"{what} failed: {error.ename}: {error.evalue}\n"
-                f"  the executed notebook, with the traceback, is {notebook}{kept}"
+                f"{what} failed: {error.ename}: {error.evalue}\n  the executed notebook, with the traceback, is {notebook}{kept}"
             ) from None
         except BaseException as error:
             _mark_if_running(attempt, "failed", f"{type(error).__name__}: {error}")
@@ -273,18 +314,24 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
     image, summary = aggregate_files(figure, profile, results_root)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
-        print(summary[["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]].to_string(index=False))
+        print(
+            summary[
+                ["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]
+            ].to_string(index=False)
+        )
     print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
     return summary
 
 
 def _cmd_list(args) -> int:
-    import experiments
+    if args.markdown:  # the generated reference, docs/reference.md
+        from .reference import markdown
 
+        sys.stdout.write(markdown(figure_modules()))
+        return 0
     for figure in figures_available():
-        module = experiments.load(figure)
-        title = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{figure}: {title}")
+        module = load_figure(figure)
+        print(f"{figure}: {module.TITLE}")
         profiles = module.PROFILES
         for field in dataclasses.fields(module.Params):
             per_profile = "  ".join(f"{p}={getattr(v, field.name)!r}" for p, v in profiles.items())
@@ -303,7 +350,12 @@ def _device_for(seed: int, device: str, gpus: str | None) -> str:
 
 
 def _cmd_run(args) -> int:
-    seeds = args.seeds if args.seeds else [args.seed]
+    from .launch import check_options, launch, parse_seeds
+
+    if args.launcher:
+        return launch(args)
+    check_options(args)
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     overrides = _overrides(args)
     try:
         for seed in seeds:
@@ -337,13 +389,17 @@ def _parser() -> argparse.ArgumentParser:
         epilog="--debug (anywhere) or NFSTUDY_DEBUG=1: show the traceback of an error",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="figures and their parameters per profile").set_defaults(func=_cmd_list)
+    listing = sub.add_parser("list", help="figures and their parameters per profile")
+    listing.add_argument("--markdown", action="store_true", help="the reference page (docs/reference.md) in Markdown")
+    listing.set_defaults(func=_cmd_list)
 
     run = sub.add_parser("run", help="run a figure's notebook for one or more seeds")
     run.add_argument("figure")
     run.add_argument("--profile", default="paper", help="paper | quick (default paper)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--seeds", type=int, nargs="+", help="several seeds, one after the other")
+    run.add_argument(
+        "--seeds", nargs="+", metavar="SEEDS", help="several seeds: 0-9, 0,2,5, or 0 1 2; one after the other, or as jobs with --launcher"
+    )
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
     run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")
@@ -351,6 +407,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter")
     run.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
     run.add_argument("--no-aggregate", action="store_true", help="skip the cross-seed figure and claims")
+    sweep = run.add_argument_group("sweeps", "one job per seed (nfstudy/launch.py, needs submitit)")
+    sweep.add_argument("--launcher", help="local: local processes (one per visible GPU), then aggregate | slurm: submit to SLURM")
+    sweep.add_argument("--partition", help="SLURM partition")
+    sweep.add_argument("--account", help="SLURM account")
+    sweep.add_argument("--gpus-per-job", type=int, help="GPUs per SLURM job (default 1)")
+    sweep.add_argument("--timeout-min", type=float, help="a job's time limit in minutes (default: SLURM 1 day, local 1 week)")
+    sweep.add_argument("--jobs", type=int, help="local CPU processes at a time (default: half the cores; with GPUs one per GPU)")
     run.set_defaults(func=_cmd_run)
 
     agg = sub.add_parser("aggregate", help="the cross-seed figure and claims of a figure")

@@ -90,7 +90,7 @@ class ImageDataset:
         check_choice("split", name, ("train", "test"))
         return (self.train_images, self.train_labels) if name == "train" else (self.test_images, self.test_labels)
 
-    def loader(self, split: str = "train", batch_size: int = 128, **kwargs) -> "DeviceLoader":
+    def loader(self, split: str = "train", batch_size: int = 128, **kwargs) -> DeviceLoader:
         """A :class:`DeviceLoader` over ``split``; kwargs as for DeviceLoader."""
         images, labels = self.split(split)
         return DeviceLoader(images, labels, self.mean, self.std, batch_size, **kwargs)
@@ -191,9 +191,7 @@ def _extract(tarball: Path, root: Path, folder_name: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def prepare_cifar10(
-    root: str | os.PathLike | None = None, download: bool | None = None, checksums: Mapping[str, str] | None = None
-):
+def prepare_cifar10(root: str | os.PathLike | None = None, download: bool | None = None, checksums: Mapping[str, str] | None = None):
     """Make sure CIFAR-10 is in ``root``, MD5-verified: extract a verified tarball found
     there (no network), else download it when ``download``; returns the torchvision
     dataset class to read it with. Every failure is a :class:`DatasetNotFoundError` that
@@ -228,8 +226,7 @@ def prepare_cifar10(
             cls(str(root), train=True, download=True)
         except Exception as error:  # URLError, OSError, ...
             raise DatasetNotFoundError(
-                f"CIFAR-10 is not in {root} and could not be downloaded ({type(error).__name__}: {error}). "
-                f"{_offline_help(root)}"
+                f"CIFAR-10 is not in {root} and could not be downloaded ({type(error).__name__}: {error}). {_offline_help(root)}"
             ) from error
     else:
         raise DatasetNotFoundError(f"CIFAR-10 is not in {root}. {_offline_help(root)}")

@@ -15,9 +15,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from .constants import AGC_SUFFIX  # re-exported: the name figures and plots have used
-
-__all__ = ["AGC_SUFFIX", "check_choice", "check_positive", "resolve", "to_dict"]
+__all__ = ["check_choice", "check_positive", "resolve", "to_dict"]
 
 P = TypeVar("P")
 

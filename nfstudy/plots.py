@@ -1,6 +1,6 @@
 """Shared plotting style: series names, colours, and small helpers.
 
-Each figure's own drawing lives in ``nfstudy.figures.<figure>.plot``; this module keeps
+Each figure's own drawing lives in ``plot`` of each figure module (``experiments/<figure>.py``); this module keeps
 every figure consistent (BN is always blue, no-BN red, NF green, ...).
 """
 
@@ -14,7 +14,7 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .params import AGC_SUFFIX  # noqa: E402
+from .series import split_agc, split_series  # noqa: E402
 
 __all__ = ["SERIES_COLORS", "SERIES_LABELS", "figure", "series_color", "series_label", "series_linestyle", "style"]
 
@@ -43,18 +43,18 @@ SERIES_COLORS = {
 
 
 def series_label(series: str) -> str:
-    base, _, rest = str(series).partition("@")  # "bn@lr=0.1" -> "BN, lr=0.1"
+    base, rest = split_series(series)  # "bn@lr=0.1" -> "BN, lr=0.1"
     label = SERIES_LABELS.get(base, base)
     return f"{label}, {rest}" if rest else label
 
 
 def series_color(series: str):
-    return SERIES_COLORS.get(str(series).partition("@")[0], _PALETTE[7])
+    return SERIES_COLORS.get(split_series(series)[0], _PALETTE[7])
 
 
 def series_linestyle(series: str) -> str:
     """Dashed for a network trained with AGC (``"nf+agc"``, ``"none+agc@lr=0.1"``), else solid."""
-    return "--" if str(series).partition("@")[0].endswith(AGC_SUFFIX) else "-"
+    return "--" if split_agc(split_series(series)[0])[1] else "-"
 
 
 def style() -> None:

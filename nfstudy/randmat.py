@@ -40,9 +40,7 @@ def gaussian_product(
     return product
 
 
-def product_singular_values(
-    size: int, factors: int, samples: int, seed: int = 0, device: str | torch.device = "cpu"
-) -> torch.Tensor:
+def product_singular_values(size: int, factors: int, samples: int, seed: int = 0, device: str | torch.device = "cpu") -> torch.Tensor:
     """``samples x size`` singular values (each row descending) of independent products,
     in float64 (the smallest of a 5-factor product are ~1e-4 of the largest), on the host."""
     check_positive("samples", samples, integer=True)

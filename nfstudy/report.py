@@ -20,26 +20,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, runs
+from . import runs
 from .claims import SEED_RULE, across_seeds, score
 
-__all__ = ["FIGURE_ORDER", "FIGURE_TITLES", "aggregate", "build_report"]
+__all__ = ["aggregate", "build_report"]
 
-# The order a reader expects: Bjorck et al.'s figures, then the NF papers'; the titles
-# name figures that have not been run (a figure module's own TITLE wins when it exists).
-FIGURE_TITLES = {
-    "fig1": "Accuracy during training at several learning rates, with and without BN (Bjorck et al. 2018, Fig. 1)",
-    "fig2": "Gradients of a conv kernel at initialisation (Bjorck et al. 2018, Fig. 2)",
-    "fig3": "Relative loss along the update direction in the first steps (Bjorck et al. 2018, Fig. 3)",
-    "fig4": "Channel statistics during one diverging update (Bjorck et al. 2018, Fig. 4)",
-    "fig5": "Channel means and standard deviations vs depth at initialisation (Bjorck et al. 2018, Fig. 5)",
-    "fig6": "Gradients of the output logits at initialisation (Bjorck et al. 2018, Fig. 6)",
-    "fig7": "Singular values of products of random Gaussian matrices (Bjorck et al. 2018, Fig. 7)",
-    "agc": "Adaptive gradient clipping across batch sizes (Brock et al. 2021, NFNets Fig. 2)",
-    "spp": "Signal propagation plots (Brock, De, Smith 2021)",
-}
-FIGURE_ORDER = tuple(FIGURE_TITLES)
 PROFILE_ORDER = ("paper", "quick")
+
+
+def _figures():
+    """The figure package (the application layer imports it lazily: the library knows no figure)."""
+    from .cli import figure_package
+
+    return figure_package()
 
 
 @dataclass
@@ -66,8 +59,14 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
         meta = runs.read_run(seed_dir)
         if runs.is_attempt(seed_dir):  # an unfinished run beside the seed's completed one (if any)
             status = runs.attempt_status(seed_dir)
-            result.broken.append((seed_dir, "a run in progress" if status == "running" else
-                                  f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it"))  # fmt: skip
+            result.broken.append(
+                (
+                    seed_dir,
+                    "a run in progress"
+                    if status == "running"
+                    else f"an unfinished attempt, {status}: kept for inspection; running the seed again resumes it",
+                )
+            )
         elif meta is None:
             problem = runs.run_problem(seed_dir)
             why = "no readable run.json" if problem == "no run.json" else problem
@@ -87,7 +86,7 @@ def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) 
     import matplotlib.pyplot as plt
 
     root = Path(root or runs.results_root())
-    module = figures.load(figure)
+    module = _figures().load(figure)
     tables = runs.load_tables(figure, profile, root)
     per_seed = runs.load_table(figure, "claims", profile, root)
     folder = root / figure / profile
@@ -146,8 +145,7 @@ def _facts_markdown(result: ProfileResult) -> list[str]:
     metas = [runs.read_run(p) for p in result.completed]
     seeds = ", ".join(str(m["seed"]) for m in metas)
     # A resumed run's earlier attempts (interrupted, then resumed from checkpoints) count too.
-    durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", []))
-                 for m in metas]  # fmt: skip
+    durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", [])) for m in metas]
     commits = sorted({(m.get("git") or {}).get("commit") or "unknown" for m in metas})
     dirty = any((m.get("git") or {}).get("dirty") for m in metas)
     versions = metas[-1].get("versions", {})
@@ -156,17 +154,16 @@ def _facts_markdown(result: ProfileResult) -> list[str]:
     return [
         f"- **dataset** {', '.join(sorted({str(m.get('dataset')) for m in metas}))}; "
         f"**device** {', '.join(sorted({str(m.get('device')) for m in metas}))}",
-        f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all ({sum(durations) / len(durations):.0f} s per seed); first run {started}",
+        f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all "
+        f"({sum(durations) / len(durations):.0f} s per seed); first run {started}",
         f"- **versions** {shown}",
         f"- **git commit** {', '.join(c[:12] for c in commits)}{' (with uncommitted changes)' if dirty else ''}",
     ]
 
 
 def _title(figure: str) -> str:
-    try:
-        return getattr(figures.load(figure), "TITLE", FIGURE_TITLES.get(figure, figure))
-    except ValueError:
-        return FIGURE_TITLES.get(figure, figure)
+    """The figure module's ``TITLE``; a folder that is no figure is named by itself."""
+    return _figures().load(figure).TITLE if figure in _figures().FIGURES else figure
 
 
 def _profiles(root: Path, figure: str) -> list[str]:
@@ -195,10 +192,11 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
     """Write ``<root>/README.md`` (root: the results folder); returns its path."""
     root = Path(root or runs.results_root())
     root.mkdir(parents=True, exist_ok=True)
-    known = set(FIGURE_ORDER) | set(figures.available()) if figures_known is None else set(figures_known)
+    order = tuple(_figures().FIGURES)  # the order a reader expects: Bjorck et al.'s figures, then the NF papers'
+    known = set(order) if figures_known is None else set(figures_known)
     present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     overview, sections, missing, broken = [], [], [], []
-    for figure in _order(known | present, FIGURE_ORDER):
+    for figure in _order(known | present, order):
         results = [_scan(root, figure, profile) for profile in _profiles(root, figure)]
         broken += [item for r in results for item in r.broken]
         done = [r for r in results if r.completed]

@@ -303,7 +303,7 @@ class SeedLock:
             os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "SeedLock":
+    def __enter__(self) -> SeedLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -424,8 +424,11 @@ def prepare_attempt(final: str | os.PathLike) -> Path:
         shutil.rmtree(replaced)
     if attempt.is_dir():
         if meta is not None and meta.get("status") == "running":
-            mark_run(attempt, "interrupted" if meta.get("pid") == os.getpid() else "killed",
-                     "the process ended without recording why (killed: SIGKILL, out of memory, power loss?)")  # fmt: skip
+            mark_run(
+                attempt,
+                "interrupted" if meta.get("pid") == os.getpid() else "killed",
+                "the process ended without recording why (killed: SIGKILL, out of memory, power loss?)",
+            )
         return attempt
     attempt.mkdir(parents=True)
     _link_tree(final / "checkpoints", attempt / "checkpoints")
@@ -481,8 +484,7 @@ def _sha256(data: bytes) -> str:
 def _rerun_hint(meta: Mapping[str, Any] | None) -> str:
     if not meta or not meta.get("figure"):
         return "re-run this seed"
-    return (f"re-run the seed (python -m nfstudy run {meta['figure']} --profile {meta.get('profile')} "
-            f"--seed {meta.get('seed')})")  # fmt: skip
+    return f"re-run the seed (python -m nfstudy run {meta['figure']} --profile {meta.get('profile')} --seed {meta.get('seed')})"
 
 
 def verify_tables(folder: str | os.PathLike, names: Iterable[str] | None = None) -> None:
@@ -568,7 +570,7 @@ class Run:
         device: Any = None,
         root: str | os.PathLike | None = None,
         folder: str | os.PathLike | None = None,
-    ) -> "Run":
+    ) -> Run:
         target = Path(folder) if folder else run_dir(figure, profile, seed, root)
         if is_attempt(target):  # the caller holds the lock and publishes
             final, lock, attempt = None, None, target
@@ -673,7 +675,7 @@ class Run:
         finally:
             self._release()
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -698,9 +700,7 @@ def _seed_key(p: Path):
         return (1, p.name)
 
 
-def seed_dirs(
-    figure: str, profile: str, root: str | os.PathLike | None = None, completed_only: bool = True
-) -> list[Path]:
+def seed_dirs(figure: str, profile: str, root: str | os.PathLike | None = None, completed_only: bool = True) -> list[Path]:
     """Seed folders of a figure and profile, in seed order. With ``completed_only``,
     folders whose run did not complete are skipped with a warning naming them, and every
     unfinished attempt (``seed=<S>.attempt``) is named in a warning too."""
@@ -725,9 +725,7 @@ def seed_dirs(
 
 def _no_runs(figure: str, profile: str, root: str | os.PathLike | None) -> FileNotFoundError:
     where = Path(root or results_root()) / figure / profile
-    return FileNotFoundError(
-        f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first"
-    )
+    return FileNotFoundError(f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first")
 
 
 def load_table(

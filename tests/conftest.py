@@ -22,7 +22,13 @@ with warnings.catch_warnings():
 
 import torch  # noqa: E402
 
+from nfstudy.cli import figure_package  # noqa: E402
+
 torch.set_num_threads(1)
+# `nfstudy_experiments` is this checkout's experiments/ folder, whatever another checkout's
+# editable install maps the name to (a worktree run with PYTHONPATH); the notebooks' kernels
+# bind it the same way (nfstudy.cli.load_figure).
+figure_package()
 
 
 @pytest.fixture

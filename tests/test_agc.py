@@ -8,24 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import agc
 
 # ResNet-8 on 8x8 digits, 2 epochs at batches 64 and 512 (lr 0.1 at 64, no warmup): about a
 # second per run. A threshold of 1e9 never clips, so that run must equal the unclipped one bit
 # for bit.
-TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9), "reference_batch_size": 64,
-        "warmup_epochs": 0.0}  # fmt: skip
+TINY = {"depth": 8, "epochs": 2, "batch_sizes": (64, 512), "agc_lambdas": (0.01, 1e9), "reference_batch_size": 64, "warmup_epochs": 0.0}
 
 
 def tiny_run(seed=0, **overrides):
-    from experiments import agc, params_for
+    from nfstudy_experiments import agc, params_for
 
     return agc.run(params_for("agc", "quick", **{**TINY, **overrides}), seed=seed, device="cpu")
 
 
 def test_learning_rate_scales_linearly_with_the_batch():
-    from experiments import agc, params_for
+    from nfstudy_experiments import agc, params_for
 
     paper = params_for("agc", "paper")
     assert paper.batch_sizes == (256, 512, 1024, 2048, 4096)
@@ -46,11 +45,19 @@ def test_learning_rate_scales_linearly_with_the_batch():
 def test_the_sweep_runs_every_series_at_every_batch_and_threshold():
     tables = tiny_run()
     summary, history = tables["summary"], tables["history"]
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(agc.TABLES[n]) for n in tables}
     runs = list(zip(summary["series"], summary["agc_lambda"].fillna(0), summary["batch_size"]))
     assert runs == [
-        ("bn", 0, 64), ("bn", 0, 512), ("nf", 0, 64), ("nf", 0, 512),
-        ("nf+agc", 0.01, 64), ("nf+agc", 1e9, 64), ("nf+agc", 0.01, 512), ("nf+agc", 1e9, 512),
-    ]  # fmt: skip
+        ("bn", 0, 64),
+        ("bn", 0, 512),
+        ("nf", 0, 64),
+        ("nf", 0, 512),
+        ("nf+agc", 0.01, 64),
+        ("nf+agc", 1e9, 64),
+        ("nf+agc", 0.01, 512),
+        ("nf+agc", 1e9, 512),
+    ]
     assert summary["norm"].tolist() == ["bn"] * 2 + ["nf"] * 6
     np.testing.assert_allclose(summary["base_lr"], 0.1 * summary["batch_size"] / 64)
     # A fixed epoch budget: 1498 training images make 24 steps of 64 or 3 of 512 per epoch.
@@ -75,54 +82,106 @@ def test_the_sweep_runs_every_series_at_every_batch_and_threshold():
         assert clipped["final_train_loss"] != unclipped["final_train_loss"]
 
 
+# Fused vs one at a time (tests/test_fused.py's tolerance): losses to a relative RTOL,
+# accuracies to ACC_IMAGES images of the 299 test digits; everything else exact.
+RTOL, ACC_IMAGES = 2e-3, 2
+
+
+def assert_tables_agree(fused: dict, alone: dict):
+    for name, table in alone.items():
+        other = fused[name]
+        assert list(other.columns) == list(table.columns) and len(other) == len(table) > 0, name
+        for col in table.columns:
+            if "loss" in col and col != "initial_loss":
+                np.testing.assert_allclose(other[col].astype(float), table[col].astype(float), rtol=RTOL, err_msg=f"{name}.{col}")
+            elif "accuracy" in col and col != "chance_accuracy":
+                np.testing.assert_allclose(other[col], table[col], atol=(ACC_IMAGES + 0.01) / 299, rtol=0, err_msg=f"{name}.{col}")
+            else:  # series, lambda, batch, status, steps, lr, the first loss, ...
+                pd.testing.assert_series_equal(other[col], table[col], check_exact=True, obj=f"{name}.{col}")
+
+
+def test_fuse_trains_a_norms_runs_at_one_batch_as_one_network_and_gives_the_same_tables():
+    # Groups by (norm, batch): bn alone at each batch (train), nf with its two thresholds fused.
+    smaller = {"batch_sizes": (128, 512)}  # 12 and 3 steps per epoch
+    alone = tiny_run(fuse="off", **smaller)
+    fused = tiny_run(fuse="on", **smaller)
+    assert_tables_agree(fused, alone)
+    auto = tiny_run(fuse="auto", **smaller)  # on a CPU: one at a time, bit for bit
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(auto[name], table, check_exact=True)
+
+
 def _summary(rows, seed=0):
     """A summary table from (series, lambda, batch, test accuracy or None for diverged)."""
     frame = pd.DataFrame(
         [
             {
-                "seed": seed, "series": s, "norm": s.split("+")[0], "agc_lambda": np.nan if lam is None else lam,
-                "batch_size": b, "base_lr": 0.1 * b / 64, "status": "diverged" if acc is None else "completed",
-                "diverged": acc is None, "final_test_accuracy": np.nan if acc is None else acc, "chance_accuracy": 0.1,
+                "seed": seed,
+                "series": s,
+                "norm": s.split("+")[0],
+                "agc_lambda": np.nan if lam is None else lam,
+                "batch_size": b,
+                "base_lr": 0.1 * b / 64,
+                "status": "diverged" if acc is None else "completed",
+                "diverged": acc is None,
+                "final_test_accuracy": np.nan if acc is None else acc,
+                "chance_accuracy": 0.1,
             }
             for s, lam, b, acc in rows
         ]
-    )  # fmt: skip
+    )
     return {"summary": frame}
 
 
 PAPER_LIKE = [
-    ("bn", None, 64, 0.98), ("bn", None, 1024, 0.90),
-    ("nf", None, 64, 0.97), ("nf", None, 1024, None),  # unclipped NF diverges at the largest batch
-    ("nf+agc", 0.01, 64, 0.90), ("nf+agc", 0.04, 64, 0.95), ("nf+agc", 0.16, 64, 0.95),  # a tie: 0.16 wins
-    ("nf+agc", 0.01, 1024, 0.85), ("nf+agc", 0.04, 1024, 0.70), ("nf+agc", 0.16, 1024, None),
-]  # fmt: skip
+    ("bn", None, 64, 0.98),
+    ("bn", None, 1024, 0.90),
+    ("nf", None, 64, 0.97),
+    ("nf", None, 1024, None),  # unclipped NF diverges at the largest batch
+    ("nf+agc", 0.01, 64, 0.90),
+    ("nf+agc", 0.04, 64, 0.95),
+    ("nf+agc", 0.16, 64, 0.95),  # a tie: 0.16 wins
+    ("nf+agc", 0.01, 1024, 0.85),
+    ("nf+agc", 0.04, 1024, 0.70),
+    ("nf+agc", 0.16, 1024, None),
+]
 
 
 # NFNets Fig. 2 in miniature: BN flat, NF unclipped diverges at the largest batch, NF + AGC
 # within a point of BN everywhere, the loosest good lambda 0.16 at batch 32 and 0.01 at 512.
 FIG2_LIKE = [
-    ("bn", None, 32, 0.98), ("bn", None, 128, 0.975), ("bn", None, 512, 0.97),
-    ("nf", None, 32, 0.97), ("nf", None, 128, 0.96), ("nf", None, 512, None),
-    ("nf+agc", 0.01, 32, 0.95), ("nf+agc", 0.04, 32, 0.96), ("nf+agc", 0.16, 32, 0.975),
-    ("nf+agc", 0.01, 128, 0.95), ("nf+agc", 0.04, 128, 0.965), ("nf+agc", 0.16, 128, 0.97),
-    ("nf+agc", 0.01, 512, 0.96), ("nf+agc", 0.04, 512, 0.90), ("nf+agc", 0.16, 512, None),
-]  # fmt: skip
+    ("bn", None, 32, 0.98),
+    ("bn", None, 128, 0.975),
+    ("bn", None, 512, 0.97),
+    ("nf", None, 32, 0.97),
+    ("nf", None, 128, 0.96),
+    ("nf", None, 512, None),
+    ("nf+agc", 0.01, 32, 0.95),
+    ("nf+agc", 0.04, 32, 0.96),
+    ("nf+agc", 0.16, 32, 0.975),
+    ("nf+agc", 0.01, 128, 0.95),
+    ("nf+agc", 0.04, 128, 0.965),
+    ("nf+agc", 0.16, 128, 0.97),
+    ("nf+agc", 0.01, 512, 0.96),
+    ("nf+agc", 0.04, 512, 0.90),
+    ("nf+agc", 0.16, 512, None),
+]
 
 
 def _claims(rows):
     """The claims of a constructed table, by a short name."""
-    found = figures.load("agc").claims(_summary(rows))
+    found = agc.claims(_summary(rows))
     names = ["bn trained", "bn flat", "parity", "collapse", "lambda"]
     assert len(found) == len(names), [c.claim for c in found]
     return dict(zip(names, found, strict=True))
 
 
 def _replace(rows, series, batch, accuracy, lam=None):
-    return [(s, l, b, accuracy if (s, l, b) == (series, lam, batch) else a) for s, l, b, a in rows]
+    return [(s, lr, b, accuracy if (s, lr, b) == (series, lam, batch) else a) for s, lr, b, a in rows]
 
 
 def test_claims_of_the_paper_pass_on_a_paper_like_table():
-    module = figures.load("agc")
+    module = agc
     tables = _summary(FIG2_LIKE)
     assert module.lambda_spread(tables["summary"], "nf+agc").to_dict() == pytest.approx({32: 2.5, 128: 2.0, 512: 86.0})
     assert module.loosest_good_lambda(tables["summary"], "nf+agc").to_dict() == {32: 0.16, 128: 0.16, 512: 0.01}
@@ -194,11 +253,15 @@ def test_negative_control_lambda_that_does_not_matter_is_not_evaluable():
 
 def test_negative_control_larger_lambda_at_larger_batch_fails():
     opposite = [
-        ("bn", None, 32, 0.98), ("bn", None, 512, 0.97),
-        ("nf", None, 32, 0.97), ("nf", None, 512, None),
-        ("nf+agc", 0.01, 32, 0.97), ("nf+agc", 0.16, 32, 0.90),
-        ("nf+agc", 0.01, 512, 0.80), ("nf+agc", 0.16, 512, 0.96),
-    ]  # fmt: skip
+        ("bn", None, 32, 0.98),
+        ("bn", None, 512, 0.97),
+        ("nf", None, 32, 0.97),
+        ("nf", None, 512, None),
+        ("nf+agc", 0.01, 32, 0.97),
+        ("nf+agc", 0.16, 32, 0.90),
+        ("nf+agc", 0.01, 512, 0.80),
+        ("nf+agc", 0.16, 512, 0.96),
+    ]
     c = _claims(opposite)
     assert c["lambda"].value == pytest.approx(16.0) and c["lambda"].outcome == "failed"
     # The same loosest good lambda at both ends (lambda matters at the largest batch) is no "smaller".
@@ -207,7 +270,7 @@ def test_negative_control_larger_lambda_at_larger_batch_fails():
 
 
 def test_claims_leave_out_what_the_run_lacks():
-    module = figures.load("agc")
+    module = agc
     no_bn = [r for r in FIG2_LIKE if r[0] != "bn"]
     assert [c.claim.split(" (")[0] for c in module.claims(_summary(no_bn))] == [
         "Without AGC the NF-ResNet collapses at the largest batch",
@@ -219,7 +282,7 @@ def test_claims_leave_out_what_the_run_lacks():
 
 def test_plot_has_both_panels_bands_over_seeds_and_marks_divergence():
     tables = {"summary": pd.concat([_summary(PAPER_LIKE, seed)["summary"] for seed in (0, 1)], ignore_index=True)}
-    fig = figures.load("agc").plot(tables)
+    fig = agc.plot(tables)
     batch_ax, lambda_ax = fig.axes[:2]
     assert [t.get_text() for t in batch_ax.get_xticklabels()] == ["64", "1024"]
     assert [t.get_text() for t in lambda_ax.get_xticklabels()] == ["0.01", "0.04", "0.16"]
@@ -243,7 +306,7 @@ def test_plot_has_both_panels_bands_over_seeds_and_marks_divergence():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="series must be a norm, optionally with \\+agc"):
         params_for("agc", "quick", series=["nf+clip+agc"])
@@ -261,6 +324,8 @@ def test_bad_parameters_name_the_fix():
         params_for("agc", "quick", batch_sizes=[0, 64])
     with pytest.raises(ValueError, match="reference_batch_size must be > 0"):
         params_for("agc", "quick", reference_batch_size=0)
+    with pytest.raises(ValueError, match="unknown fuse 'true': choose one of auto, on, off"):
+        params_for("agc", "quick", fuse="true")
     runs = params_for("agc", "quick", series=["bn"], agc_lambdas=[]).runs()  # nothing clips: no thresholds needed
     assert [(s, b) for s, _, _, b in runs] == [("bn", 32), ("bn", 128), ("bn", 512)]
     assert all(math.isnan(lam) for _, _, lam, _ in runs)
@@ -268,14 +333,38 @@ def test_bad_parameters_name_the_fix():
 
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
-    args = ["run", "agc", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=1", "--param", "batch_sizes=64,512", "--param", "agc_lambdas=0.01,0.16",
-            "--param", "warmup_epochs=0"]  # fmt: skip
+    args = [
+        "run",
+        "agc",
+        "--profile",
+        "quick",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--param",
+        "depth=8",
+        "--param",
+        "epochs=1",
+        "--param",
+        "batch_sizes=64,512",
+        "--param",
+        "agc_lambdas=0.01,0.16",
+        "--param",
+        "warmup_epochs=0",
+    ]
     assert main(args) == 0
     base = results_root / "agc" / "quick"
     folder = base / "seed=0"
-    assert {p.name for p in folder.iterdir()} == {"agc.ipynb", "run.json", "history.csv", "summary.csv", "claims.csv",
-                                                   "agc.png", "checkpoints"}  # fmt: skip
+    assert {p.name for p in folder.iterdir()} == {
+        "agc.ipynb",
+        "run.json",
+        "history.csv",
+        "summary.csv",
+        "claims.csv",
+        "agc.png",
+        "checkpoints",
+    }
     assert len(list((folder / "checkpoints").iterdir())) == 8
     assert (folder / "checkpoints" / "nf+agc_batch512_lambda0.16").is_dir()
     meta = json.loads((folder / "run.json").read_text())
@@ -285,7 +374,7 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
     claims = pd.read_csv(folder / "claims.csv")
     assert len(claims) == 5  # BN trained, BN flat, parity, NF collapse, smaller lambda
     # claims.csv is what the figure module computes from the saved tables.
-    recomputed = figures.load("agc").claims({"summary": summary, "history": pd.read_csv(folder / "history.csv")})
+    recomputed = agc.claims({"summary": summary, "history": pd.read_csv(folder / "history.csv")})
     np.testing.assert_allclose(claims["value"], [c.value for c in recomputed])
     assert (base / "agc.png").stat().st_size > 10_000 and (base / "claims.csv").is_file()
     before = {p.name: p.read_bytes() for p in folder.glob("*.csv")}

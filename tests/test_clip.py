@@ -1,5 +1,6 @@
-"""nfstudy.clip: hand-computed AGC, its invariants, the head rule, agreement with torch and
-timm where the definitions coincide, and the places where timm's differs."""
+"""nfstudy.clip: hand-computed AGC, its invariants (for the definition in clip.agc and the
+vectorised clip.fast alike), the head rule, agreement with torch and timm where the
+definitions coincide, and the places where timm's differs."""
 
 import copy
 import functools
@@ -15,12 +16,12 @@ from nfstudy.clip import (
     GradientClipper,
     adaptive_clip_grad_,
     apply_gradient_clipping,
-    clip_grad_norm_,
-    default_unit_dim,
     find_head,
     unitwise_clip,
     unitwise_norm,
 )
+from nfstudy.clip.agc import default_unit_dim
+from nfstudy.clip.fast import foreach_adaptive_clip_grad_
 from nfstudy.models import ScaledStdConv2d, cifar_resnet
 
 
@@ -45,7 +46,7 @@ def clone_with_grads(model):
     return clone
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resnet8_with_gradients(norm):
     return with_gradients(cifar_resnet(8, norm, skip_gain_init=0.5))
 
@@ -159,16 +160,21 @@ def random_parameters(seed):
     return params
 
 
+# The definition applied tensor by tensor, and its vectorised optimisation.
+IMPLEMENTATIONS = {"agc": adaptive_clip_grad_, "fast": foreach_adaptive_clip_grad_}
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", range(12))
-def test_agc_invariants_on_random_parameters(seed):
+def test_agc_invariants_on_random_parameters(seed, impl):
     params = random_parameters(seed)
     threshold = 10 ** (-(seed % 4) - 0.5)
     before = [p.grad.clone() for p in params]
     reference = [unitwise_clip(g, p.detach(), threshold) for p, g in zip(params, before)]
-    adaptive_clip_grad_(params, threshold)
+    IMPLEMENTATIONS[impl](params, threshold)
     clipped = untouched = 0
     for p, g0, ref in zip(params, before, reference):
-        torch.testing.assert_close(p.grad, ref, rtol=1e-6, atol=0)  # fast path == definition
+        torch.testing.assert_close(p.grad, ref, rtol=1e-6, atol=0)  # == the definition
         w64, g64, new64 = p.detach().double(), g0.double(), p.grad.double()
         max_norm = threshold * unitwise_norm(w64).clamp(min=AGC_EPS)
         g_norm, new_norm = unitwise_norm(g64), unitwise_norm(new64)
@@ -202,7 +208,7 @@ def test_float64_and_mixed_precision_parameters():
     params[0] = param(params[0].detach().double(), params[0].grad.double(), torch.float64)
     params[3] = param(params[3].detach(), params[3].grad, torch.bfloat16)
     expected = [unitwise_clip(p.grad, p.detach(), 0.03) for p in params]
-    adaptive_clip_grad_(params, 0.03)
+    foreach_adaptive_clip_grad_(params, 0.03)
     for p, e in zip(params, expected):
         assert p.grad.dtype == e.dtype  # with a float64 tensor present all norms are float64
         torch.testing.assert_close(p.grad, e, rtol=max(1e-6, torch.finfo(p.dtype).eps), atol=0)
@@ -216,7 +222,7 @@ def test_threads_clipping_same_shaped_models_do_not_share_buffers():
         for step in range(30):
             params = random_parameters(seed * 100 + step)[:-1]
             expected = [unitwise_clip(p.grad, p.detach(), 0.05) for p in params]
-            adaptive_clip_grad_(params, 0.05)
+            foreach_adaptive_clip_grad_(params, 0.05)  # its reused buffers are per thread
             results.append(all(torch.allclose(p.grad, e, rtol=1e-6, atol=0) for p, e in zip(params, expected)))
         return all(results)
 
@@ -226,13 +232,15 @@ def test_threads_clipping_same_shaped_models_do_not_share_buffers():
 
 @pytest.mark.parametrize("norm", ["bn", "nf"])
 def test_fast_path_equals_the_definition_on_resnets(norm):
-    model = resnet8(norm)
+    model, by_definition = resnet8(norm), resnet8(norm)
     before = grads_of(model)
-    apply_gradient_clipping(model, "adaptive", 0.01, head=None)
+    apply_gradient_clipping(model, "adaptive", 0.01, head=None)  # clip.fast
+    adaptive_clip_grad_(by_definition.parameters(), 0.01)  # clip.agc, tensor by tensor
     changed = 0
-    for name, p in model.named_parameters():
+    for (name, p), q in zip(model.named_parameters(), by_definition.parameters()):
         expected = unitwise_clip(before[name], p.detach(), 0.01)
         torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-12, msg=name)
         changed += int(not torch.equal(p.grad, before[name]))
     assert changed > 10
 
@@ -352,12 +360,13 @@ def test_ddp_wrapped_model_clips_like_the_model(tmp_path):
 # -- low precision and missing gradients ---------------------------------------------------
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_gradients_match_a_float32_computation(dtype):
+def test_low_precision_gradients_match_a_float32_computation(dtype, impl):
     params = [p for p in random_parameters(3) if p.dim() != 2 or p.shape[0] != 300]
     low = [param(p.detach().to(dtype).clamp(-6e4, 6e4), p.grad.to(dtype).clamp(-6e4, 6e4), dtype) for p in params]
     expected = [unitwise_clip(p.grad.float(), p.detach().float(), 0.05).to(dtype) for p in low]
-    adaptive_clip_grad_(low, 0.05)
+    IMPLEMENTATIONS[impl](low, 0.05)
     for p, e in zip(low, expected):
         assert p.grad.dtype == dtype
         info = torch.finfo(dtype)  # at most one rounding step apart
@@ -369,8 +378,8 @@ def test_fp16_norms_do_not_overflow():
     w = param(torch.ones(2, 4), torch.full((2, 4), 4e4), torch.float16)
     apply_gradient_clipping([w], "adaptive", 0.5)  # max norm 0.5 * 2 = 1: each element 1 / 2
     torch.testing.assert_close(w.grad, torch.full((2, 4), 0.5, dtype=torch.float16))
-    total = clip_grad_norm_([w], 1.0)
-    assert torch.isfinite(total) and w.grad.float().norm().item() == pytest.approx(1.0, rel=1e-3)
+    apply_gradient_clipping([w], "norm", 1.0)  # total norm 1.6e5 in float32, not inf
+    assert w.grad.float().norm().item() == pytest.approx(1.0, rel=1e-3)
 
 
 def test_parameters_without_gradients_are_skipped():

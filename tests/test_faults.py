@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -25,10 +24,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nfstudy import cli, figures, runs
+from nfstudy import cli, runs
 from nfstudy.claims import across_seeds, claims_table, normalize
 from nfstudy.cli import main
 from nfstudy.params import to_dict
+from nfstudy_experiments import fig7
 
 FIG7 = ["-p", "size", "40", "-p", "samples", "2"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes | None = None) -> runs.Run:
     """One seed of a tiny fig7 through the Run API (as its notebook does); ``fail`` is
     raised after the tables were written, before the claims."""
-    from experiments import fig7, params_for
+    from nfstudy_experiments import params_for
 
     params = params_for("fig7", "quick", size=40, samples=2)
     with runs.Run.start("fig7", "quick", seed, to_dict(params), device="cpu", root=root) as run:
@@ -46,7 +46,7 @@ def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes 
             runs.atomic_write(run.dir / "checkpoints" / "series" / "checkpoint.pt", checkpoint)
         if fail is not None:
             raise fail
-        run.save_claims(claims_table("fig7", figures.load("fig7").claims(tables)))
+        run.save_claims(claims_table("fig7", fig7.claims(tables)))
     return run
 
 
@@ -155,21 +155,47 @@ def test_a_nan_or_cut_claim_never_counts_as_passed():
     table = claims_table("f", [])
     rows = pd.DataFrame(
         [
-            {"figure": "f", "claim": "nan value", "kind": "paper", "metric": "m", "value": float("nan"), "comparison": ">",
-             "threshold": 0.0, "threshold_high": float("nan"), "outcome": "passed", "passed": True, "note": ""},
-            {"figure": "f", "claim": "cut row", "kind": "paper", "metric": "m", "value": 1.0, "comparison": ">",
-             "threshold": 0.0, "threshold_high": float("nan"), "outcome": float("nan"), "passed": float("nan"), "note": ""},
+            {
+                "figure": "f",
+                "claim": "nan value",
+                "kind": "paper",
+                "metric": "m",
+                "value": float("nan"),
+                "comparison": ">",
+                "threshold": 0.0,
+                "threshold_high": float("nan"),
+                "outcome": "passed",
+                "passed": True,
+                "note": "",
+            },
+            {
+                "figure": "f",
+                "claim": "cut row",
+                "kind": "paper",
+                "metric": "m",
+                "value": 1.0,
+                "comparison": ">",
+                "threshold": 0.0,
+                "threshold_high": float("nan"),
+                "outcome": float("nan"),
+                "passed": float("nan"),
+                "note": "",
+            },
         ],
         columns=table.columns,
-    )  # fmt: skip
+    )
     assert normalize(rows)["outcome"].tolist() == ["failed", "failed"]
     assert across_seeds(rows.assign(seed=0))["outcome"].tolist() == ["failed", "failed"]
 
 
 @pytest.mark.parametrize(
     "content, why",
-    [(b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not valid JSON"), (b"[1, 2]", "holds a JSON list, not an object"), (b'{"status": "compl', "is not valid JSON")],
-)  # fmt: skip
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not valid JSON"),
+        (b"[1, 2]", "holds a JSON list, not an object"),
+        (b'{"status": "compl', "is not valid JSON"),
+    ],
+)
 def test_odd_run_json_files_are_named_not_crashed_on(tmp_path, capsys, content, why):
     fig7_run(tmp_path, 0)
     odd = tmp_path / "fig7" / "quick" / "seed=5"
@@ -235,7 +261,7 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         (["fig2", "--seed", "-1"], "seed must be an integer >= 0"),
         (["fig2", "-p", "depth", "-20"], "depth must be > 0"),
     ],
-)  # fmt: skip
+)
 def test_bad_parameters_stop_before_the_seed_folder_is_touched(results_root, capsys, args, message):
     assert main(["run", *args[:1], "--profile", "quick", "--device", "cpu", *args[1:]]) == 2
     assert message in one_error_line(capsys)
@@ -389,9 +415,37 @@ def test_a_notebook_that_fails_on_rerun_leaves_the_completed_seed_and_its_own_no
 
 def _start_fig1(root) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NFSTUDY_PROGRESS": "0"}
-    args = [sys.executable, "-m", "nfstudy", "run", "fig1", "--profile", "quick", "--seed", "0", "--device", "cpu",
-            "--results", str(root), "--no-aggregate", "-p", "depth", "8", "-p", "epochs", "6", "-p", "extend_until_plateau", "False", "-p", "checkpoint_every", "1",
-            "-p", "series", "bn@0.1,none@0.001"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "nfstudy",
+        "run",
+        "fig1",
+        "--profile",
+        "quick",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--results",
+        str(root),
+        "--no-aggregate",
+        "-p",
+        "depth",
+        "8",
+        "-p",
+        "epochs",
+        "6",
+        "-p",
+        "extend_until_plateau",
+        "False",
+        "-p",
+        "checkpoint_every",
+        "1",
+        "-p",
+        "series",
+        "bn@0.1,none@0.001",
+    ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 

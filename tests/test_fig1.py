@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import fig1
 
 # ResNet-8 on 8x8 digits, 2 epochs: a second per series. lr 50 makes the no-BN net explode.
 SERIES = ("bn@0.1", "bn@0.001", "none@0.001", "none@50", "nf@0.1")
@@ -13,7 +13,7 @@ TINY = {"depth": 8, "epochs": 2, "series": SERIES, "extend_until_plateau": False
 
 
 def tiny_run(seed=0, checkpoint_dir=None, **overrides):
-    from experiments import fig1, params_for
+    from nfstudy_experiments import fig1, params_for
 
     return fig1.run(params_for("fig1", "quick", **{**TINY, **overrides}), seed=seed, device="cpu", checkpoint_dir=checkpoint_dir)
 
@@ -21,6 +21,8 @@ def tiny_run(seed=0, checkpoint_dir=None, **overrides):
 def test_tables_of_a_sweep_that_goes_on_after_a_divergence():
     tables = tiny_run()
     history, outcomes = tables["history"], tables["outcomes"]
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig1.TABLES[n]) for n in tables}
     assert outcomes["series"].tolist() == ["bn@lr=0.1", "bn@lr=0.001", "none@lr=0.001", "none@lr=50", "nf@lr=0.1"]
     assert outcomes["status"].tolist() == ["completed"] * 3 + ["diverged", "completed"]  # nf trained after it
     diverged = outcomes.set_index("series").loc["none@lr=50"]
@@ -44,7 +46,7 @@ def test_claims_are_computed_from_the_outcomes():
     outcomes = tables["outcomes"].set_index("series")
     o = outcomes["final_test_accuracy"]
     assert {"full_lr_gain", "plateaued"} <= set(outcomes.columns)
-    claims = figures.load("fig1").claims(tables)
+    claims = fig1.claims(tables)
     assert [c.kind for c in claims] == ["paper", "paper", "paper", "sanity", "extension"]
     assert claims[0].value == pytest.approx(100 * (o["bn@lr=0.1"] - o["none@lr=0.001"]))
     assert (claims[0].comparison, claims[0].threshold, claims[0].threshold_high) == ("between", 5.0, 20.0)
@@ -59,11 +61,11 @@ def test_claims_are_computed_from_the_outcomes():
     assert claims[4].value == pytest.approx(100 * o["nf@lr=0.1"])  # NF trained at 0.1: its test accuracy
     # Without a matched lr there is nothing to compare at equal lr: those claims are absent.
     only = {k: v[~v["series"].str.startswith("none")] for k, v in tables.items()}
-    assert [c.kind for c in figures.load("fig1").claims(only)] == ["sanity", "extension"]
+    assert [c.kind for c in fig1.claims(only)] == ["sanity", "extension"]
 
 
 def test_plateau_at_full_lr_judges_the_epochs_before_the_first_drop():
-    from experiments.fig1 import plateau_at_full_lr
+    from nfstudy_experiments.fig1 import plateau_at_full_lr
 
     acc = [0.2, 0.4, 0.6, 0.7, 0.71, 0.9, 0.95]  # the rate drops after the fifth epoch
     history = pd.DataFrame({"lr": [0.1] * 5 + [0.01] * 2, "train_accuracy": acc})
@@ -85,9 +87,9 @@ def test_the_plateau_rule_on_the_train_accuracy():
     with pytest.raises(ValueError, match="unknown plateau_metric 'accuracy'"):
         TrainConfig(epochs=4, plateau_metric="accuracy")
     # The default metric stays out of the checkpoint fingerprint: checkpoints from before the option resume.
-    from experiments import fig1, params_for
-    from experiments._common import make_resnet
     from nfstudy.data import load_dataset
+    from nfstudy_experiments import fig1, params_for
+    from nfstudy_experiments._common import make_resnet
 
     params = params_for("fig1", "quick", depth=8)
     data = load_dataset("digits", image_size=8)
@@ -97,15 +99,23 @@ def test_the_plateau_rule_on_the_train_accuracy():
 
 
 def test_the_quick_profile_extends_a_run_that_is_still_rising_and_not_one_that_has_plateaued():
-    from nfstudy.train import TrainConfig, train
-    from experiments import params_for
-    from experiments._common import make_resnet
     from nfstudy.data import load_dataset
+    from nfstudy.train import TrainConfig, train
+    from nfstudy_experiments import params_for
+    from nfstudy_experiments._common import make_resnet
 
     params = params_for("fig1", "quick", depth=8)
     data = load_dataset("digits", image_size=8)
-    config = TrainConfig(epochs=6, lr=0.01, augment=False, extend_until_plateau=True, plateau_metric="train_accuracy",
-                         plateau_window=2, plateau_tol=0.01, max_extensions=1)  # fmt: skip
+    config = TrainConfig(
+        epochs=6,
+        lr=0.01,
+        augment=False,
+        extend_until_plateau=True,
+        plateau_metric="train_accuracy",
+        plateau_window=2,
+        plateau_tol=0.01,
+        max_extensions=1,
+    )
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     slow = train(make_resnet(params, "bn", 10), data, config, device="cpu")
@@ -133,27 +143,70 @@ def test_agc_series_train_with_clipping():
     assert first["nf@lr=0.1"] == first["nf+agc@lr=0.1"]  # the same start: the difference is the clipping
 
 
+# Fused vs one at a time (tests/test_fused.py's tolerance): losses to a relative RTOL,
+# accuracies to ACC_IMAGES images of the 299 test digits; everything else exact.
+RTOL, ACC_IMAGES = 2e-3, 2
+
+
+def assert_tables_agree(fused: dict, alone: dict):
+    for name, table in alone.items():
+        other = fused[name]
+        assert list(other.columns) == list(table.columns) and len(other) == len(table) > 0, name
+        for col in table.columns:
+            if "loss" in col and col != "initial_loss":
+                np.testing.assert_allclose(other[col].astype(float), table[col].astype(float), rtol=RTOL, err_msg=f"{name}.{col}")
+            elif "accuracy" in col or col in ("full_lr_gain", "plateaued"):
+                np.testing.assert_allclose(other[col], table[col], atol=(ACC_IMAGES + 0.01) / 299, rtol=0, err_msg=f"{name}.{col}")
+            else:  # series, status, epochs, steps, lr, the first loss, the diverged step, ...
+                pd.testing.assert_series_equal(other[col], table[col], check_exact=True, obj=f"{name}.{col}")
+
+
+def test_fuse_trains_each_norms_series_as_one_network_and_gives_the_same_tables():
+    # Groups by norm: bn x 2, none x 2 (one diverges and leaves the stack), nf x 2 (one clipped).
+    series = ("bn@0.1", "bn@0.001", "none@0.001", "none@50", "nf@0.1", "nf+agc@0.1")
+    alone = tiny_run(series=series, fuse="off")
+    fused = tiny_run(series=series, fuse="on")
+    assert fused["outcomes"]["status"].tolist() == ["completed"] * 3 + ["diverged", "completed", "completed"]
+    assert_tables_agree(fused, alone)
+    auto = tiny_run(series=series, fuse="auto")  # on a CPU: one at a time, bit for bit
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(auto[name], table, check_exact=True)
+
+
 def _outcomes(rows):
     """Constructed outcomes: (norm, lr, AGC lambda or None, final test accuracy or None for diverged,
     final train accuracy, plateaued at the full lr)."""
     return {
         "outcomes": pd.DataFrame(
             [
-                {"seed": 0, "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}", "norm": n, "base_lr": lr,
-                 "agc_lambda": lam or np.nan, "status": "diverged" if acc is None else "completed",
-                 "diverged_pct": 1.0 if acc is None else np.nan, "final_test_accuracy": np.nan if acc is None else acc,
-                 "final_train_accuracy": np.nan if acc is None else train_acc,
-                 "full_lr_gain": np.nan if acc is None else (0.0 if plateaued else 0.2),
-                 "plateaued": np.nan if acc is None else float(plateaued)}
+                {
+                    "seed": 0,
+                    "series": f"{n}{'+agc' if lam else ''}@lr={lr:g}",
+                    "norm": n,
+                    "base_lr": lr,
+                    "agc_lambda": lam or np.nan,
+                    "status": "diverged" if acc is None else "completed",
+                    "diverged_pct": 1.0 if acc is None else np.nan,
+                    "final_test_accuracy": np.nan if acc is None else acc,
+                    "final_train_accuracy": np.nan if acc is None else train_acc,
+                    "full_lr_gain": np.nan if acc is None else (0.0 if plateaued else 0.2),
+                    "plateaued": np.nan if acc is None else float(plateaued),
+                }
                 for n, lr, lam, acc, train_acc, plateaued in rows
             ]
         )
-    }  # fmt: skip
+    }
 
 
 # The paper's Figure 1 as numbers: every run converged (~100% train accuracy), no BN at 0.1 diverged.
-PAPER = [("bn", 0.1, None, 0.93, 1.0, True), ("bn", 0.003, None, 0.905, 1.0, True), ("bn", 1e-4, None, 0.82, 1.0, True),
-         ("none", 1e-4, None, 0.81, 1.0, True), ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.92, 1.0, True)]  # fmt: skip
+PAPER = [
+    ("bn", 0.1, None, 0.93, 1.0, True),
+    ("bn", 0.003, None, 0.905, 1.0, True),
+    ("bn", 1e-4, None, 0.82, 1.0, True),
+    ("none", 1e-4, None, 0.81, 1.0, True),
+    ("none", 0.1, None, None, None, None),
+    ("nf", 0.1, None, 0.92, 1.0, True),
+]
 
 
 def _by_kind(claims):
@@ -161,7 +214,7 @@ def _by_kind(claims):
 
 
 def _paper_claims(rows):
-    claims = figures.load("fig1").claims(_outcomes(rows))
+    claims = fig1.claims(_outcomes(rows))
     return [c for c in claims if c.kind == "paper"], claims
 
 
@@ -202,7 +255,7 @@ def test_negative_control_an_undertrained_small_lr_run_is_not_decided_by_the_bud
     converged = [(*r[:4], 0.995, False) if r[:2] == ("none", 1e-4) else r for r in PAPER]
     assert _paper_claims(converged)[0][0].outcome == "passed"
     table = _outcomes(converged)["outcomes"].drop(columns=["plateaued", "full_lr_gain"])
-    assert [c.outcome for c in figures.load("fig1").claims({"outcomes": table}) if c.kind == "paper"] == ["passed"] * 3
+    assert [c.outcome for c in fig1.claims({"outcomes": table}) if c.kind == "paper"] == ["passed"] * 3
 
 
 def test_negative_control_runs_collapsed_to_chance_do_not_count_as_trained():
@@ -210,18 +263,24 @@ def test_negative_control_runs_collapsed_to_chance_do_not_count_as_trained():
     paper, _ = _paper_claims([collapsed if r[:2] == ("none", 1e-4) else r for r in PAPER])
     assert paper[0].outcome == paper[1].outcome == "failed"
     nf = ("nf", 0.1, None, 0.084, 0.104, True)
-    claims = figures.load("fig1").claims(_outcomes([nf if r[0] == "nf" else r for r in PAPER]))
+    claims = fig1.claims(_outcomes([nf if r[0] == "nf" else r for r in PAPER]))
     assert [c.outcome for c in claims if c.kind == "extension"] == ["failed"]  # completed, but at chance
-    diverged = figures.load("fig1").claims(_outcomes([("nf", 0.1, None, None, None, None) if r[0] == "nf" else r for r in PAPER]))
+    diverged = fig1.claims(_outcomes([("nf", 0.1, None, None, None, None) if r[0] == "nf" else r for r in PAPER]))
     assert [c.value for c in diverged if c.kind == "extension"] == [10.0]
 
 
 def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_claims_alone():
-    rows = [("bn", 0.1, None, 0.98, 1.0, True), ("bn", 1e-4, None, 0.84, 1.0, True), ("none", 1e-4, None, 0.85, 1.0, True),
-            ("none", 0.1, None, None, None, None), ("nf", 0.1, None, 0.97, 1.0, True), ("none", 0.1, 0.08, 0.93, 0.99, True),
-            ("nf", 0.1, 0.08, 0.96, 1.0, True)]  # fmt: skip
-    found = figures.load("fig1").claims(_outcomes(rows))
-    paper = figures.load("fig1").claims(_outcomes(rows[:5]))
+    rows = [
+        ("bn", 0.1, None, 0.98, 1.0, True),
+        ("bn", 1e-4, None, 0.84, 1.0, True),
+        ("none", 1e-4, None, 0.85, 1.0, True),
+        ("none", 0.1, None, None, None, None),
+        ("nf", 0.1, None, 0.97, 1.0, True),
+        ("none", 0.1, 0.08, 0.93, 0.99, True),
+        ("nf", 0.1, 0.08, 0.96, 1.0, True),
+    ]
+    found = fig1.claims(_outcomes(rows))
+    paper = fig1.claims(_outcomes(rows[:5]))
     assert [c.value for c in found[:5]] == pytest.approx([c.value for c in paper])  # the clipped runs change nothing
     assert paper[2].passed  # no BN at 0.1 diverged: the clipped no-BN run at 0.1 is not mistaken for it
     agc = found[5:]
@@ -230,21 +289,21 @@ def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_cla
     assert all(c.kind == "extension" and c.claim.startswith("(beyond the papers) With AGC (λ=0.08)") for c in agc)
     # Negative control: a clipped no-BN run that collapsed to chance (8.4%, as seed 1 once did) fails
     # every claim, though it did not diverge.
-    collapsed = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.084, 0.104, True)]))[5:]
+    collapsed = fig1.claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.084, 0.104, True)]))[5:]
     assert [c.outcome for c in collapsed] == ["failed"] * 3
     # ... and so does one that diverged, counted at chance (10%).
-    diverged = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, None, None, None)]))[5:]
+    diverged = fig1.claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, None, None, None)]))[5:]
     assert diverged[0].value == 10.0 and [c.outcome for c in diverged] == ["failed"] * 3
     # A clipped run still rising when training ended cannot be compared; one that is trained still is.
-    rising = figures.load("fig1").claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.70, 0.72, False)]))[5:]
+    rising = fig1.claims(_outcomes(rows[:5] + [("none", 0.1, 0.08, 0.70, 0.72, False)]))[5:]
     assert [c.outcome for c in rising] == ["passed", "not evaluable", "not evaluable"]
     # BN that did not train at 0.1 is no reference: "comparable to BN" is not decided.
-    no_bn_ref = figures.load("fig1").claims(_outcomes([("bn", 0.1, None, 0.11, 0.11, True)] + rows[1:]))
+    no_bn_ref = fig1.claims(_outcomes([("bn", 0.1, None, 0.11, 0.11, True)] + rows[1:]))
     assert [c.outcome for c in no_bn_ref[-2:]] == ["not evaluable"] * 2 and "did not train" in no_bn_ref[-1].note
 
 
 def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, monkeypatch):
-    from experiments import fig1
+    from nfstudy_experiments import fig1
 
     whole = tiny_run(checkpoint_dir=tmp_path / "whole")
     real_train, calls = fig1.train, []
@@ -252,6 +311,7 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, mo
     def interrupted_in_the_third_series(*args, **kwargs):
         calls.append(kwargs["desc"])
         if len(calls) == 3:
+
             def stop(row):
                 raise KeyboardInterrupt
 
@@ -276,7 +336,7 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
         for name, df in tiny_run(seed=seed).items():
             tables.setdefault(name, []).append(df.assign(seed=seed))
     tables = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
-    fig = figures.load("fig1").plot(tables)
+    fig = fig1.plot(tables)
     train_ax, test_ax = fig.axes[:2]
     curves = [line for line in train_ax.lines if len(set(line.get_xdata())) > 1]  # not the lr-drop verticals
     assert len(curves) == 4 and [list(c.get_xdata()) for c in curves] == [[50.0, 100.0]] * 4
@@ -290,11 +350,16 @@ def test_plot_draws_bands_over_seeds_and_marks_divergence():
 
 
 def test_the_mean_over_seeds_whose_budgets_differ_is_taken_on_one_grid():
-    from nfstudy.figures.fig1 import _mean_std
+    from nfstudy_experiments.fig1 import _mean_std
 
     # Seed 0 trained 2 epochs, seed 1 4 (the plateau rule doubled its budget): 50/100% and 25/50/75/100%.
-    history = pd.DataFrame({"seed": [0, 0, 1, 1, 1, 1], "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
-                            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8]})  # fmt: skip
+    history = pd.DataFrame(
+        {
+            "seed": [0, 0, 1, 1, 1, 1],
+            "progress_pct": [50.0, 100.0, 25.0, 50.0, 75.0, 100.0],
+            "test_accuracy": [0.6, 1.0, 0.2, 0.4, 0.6, 0.8],
+        }
+    )
     stats = _mean_std(history, "test_accuracy")
     assert stats["progress_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
     assert stats["mean"].tolist() == pytest.approx([0.2, 0.5, 0.7, 0.9])  # 75%: seed 0 interpolated to 0.8
@@ -302,7 +367,7 @@ def test_the_mean_over_seeds_whose_budgets_differ_is_taken_on_one_grid():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="series must be norm@lr or norm\\+agc@lr, e.g. 'bn@0.1'"):
         params_for("fig1", "quick", series=["bn:0.1"])
@@ -322,13 +387,30 @@ def test_bad_parameters_name_the_fix():
         params_for("fig1", "quick", batch_size=-128)
     with pytest.raises(ValueError, match="image_size must be 32 with dataset cifar10"):
         params_for("fig1", "paper", image_size=8)
+    with pytest.raises(ValueError, match="unknown fuse 'yes': choose one of auto, on, off"):
+        params_for("fig1", "quick", fuse="yes")
 
 
 @pytest.mark.slow
 def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monkeypatch):
-    args = ["run", "fig1", "--profile", "quick", "--seed", "0", "--device", "cpu", "--param", "depth=8",
-            "--param", "epochs=2", "--param", "extend_until_plateau=False",
-            "--param", "series=bn@0.1,bn@0.001,none@0.001,none@50"]  # fmt: skip
+    args = [
+        "run",
+        "fig1",
+        "--profile",
+        "quick",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--param",
+        "depth=8",
+        "--param",
+        "epochs=2",
+        "--param",
+        "extend_until_plateau=False",
+        "--param",
+        "series=bn@0.1,bn@0.001,none@0.001,none@50",
+    ]
     assert main(args) == 0
     base = results_root / "fig1" / "quick"
     folder = base / "seed=0"

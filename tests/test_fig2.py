@@ -5,18 +5,20 @@ import json
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import fig2
 
 # Small but deep enough for the claim (21 residual blocks): layer 22 is the middle of a ResNet-44.
 TINY = ["-p", "depth", "44", "-p", "layer", "22", "-p", "batch_size", "32"]
 
 
 def test_experiment_tables_and_claims_at_tiny_size():
-    from experiments import fig2, params_for
+    from nfstudy_experiments import fig2, params_for
 
     params = params_for("fig2", "quick", depth=44, layer=10, batch_size=32)
     tables = fig2.run(params, seed=0, device="cpu")
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig2.TABLES[n]) for n in tables}
     values, summary = tables["gradient_values"], tables["gradient_summary"]
     assert summary["series"].tolist() == ["bn", "none", "nf"]
     # ResNet-44: stem = 1, stage 1 = layers 2..15 (7 blocks), so layer 10 is block 4, conv 1
@@ -27,14 +29,19 @@ def test_experiment_tables_and_claims_at_tiny_size():
         s = summary.set_index("series").loc[series]
         assert s["std"] == pytest.approx(v["value"].std(ddof=0), rel=1e-9)
         assert s["max_abs"] == pytest.approx(v["value"].abs().max(), rel=1e-6)
-    claims = figures.load("fig2").claims({k: df.assign(seed=0) for k, df in tables.items()})
+    claims = fig2.claims({k: df.assign(seed=0) for k, df in tables.items()})
     # The claims read the summary (their outcomes depend on the init: see the constructed
     # tables below for outcomes).
     s = summary.set_index("series")
     assert [c.kind for c in claims] == ["paper", "paper", "paper", "paper", "extension"]
     assert [c.value for c in claims] == pytest.approx(
-        [s.loc["bn", "max_abs"], s.loc["none", "max_abs"], s.loc["none", "max_abs"] / s.loc["bn", "max_abs"],
-         s.loc["none", "kurtosis"] - s.loc["bn", "kurtosis"], s.loc["nf", "max_abs"]]
+        [
+            s.loc["bn", "max_abs"],
+            s.loc["none", "max_abs"],
+            s.loc["none", "max_abs"] / s.loc["bn", "max_abs"],
+            s.loc["none", "kurtosis"] - s.loc["bn", "kurtosis"],
+            s.loc["nf", "max_abs"],
+        ]
     )
     again = fig2.run(params, seed=0, device="cpu")
     pd.testing.assert_frame_equal(again["gradient_values"], values)
@@ -52,7 +59,7 @@ PAPER_LIKE = {"bn": (0.04, 0.5), "none": (4.0, 10.0), "nf": (0.01, 0.5)}
 
 
 def _outcomes(tables):
-    return [c.outcome for c in figures.load("fig2").claims(tables)]
+    return [c.outcome for c in fig2.claims(tables)]
 
 
 def test_claims_pass_on_the_papers_magnitudes():
@@ -76,7 +83,7 @@ def test_negative_control_a_ratio_of_1e9_is_not_100():
 def test_histograms_are_per_seed_fractions_on_a_common_scale():
     import numpy as np
 
-    from nfstudy.figures.fig2 import _fractions, _on_a_common_scale
+    from nfstudy_experiments.fig2 import _fractions, _on_a_common_scale
 
     rng = np.random.default_rng(0)
     shape = rng.standard_t(3, size=4000)
@@ -97,7 +104,7 @@ def test_histograms_are_per_seed_fractions_on_a_common_scale():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="layer must be a weight layer 1..20"):
         params_for("fig2", "quick", depth=20, layer=55)
@@ -155,29 +162,6 @@ def test_cli_rejects_unknown_figure_and_parameter(results_root, capsys):
     assert main(["run", "fig2", "--profile", "huge"]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
     assert not results_root.exists()  # nothing was started
-
-
-def test_every_notebook_exposes_every_parameter_of_its_experiment():
-    """Read by papermill's own parser (a line it cannot parse, e.g. with a second '=' in a
-    comment, silently loses its parameter); defaults: the quick profile, the rest None."""
-    import dataclasses
-
-    import nbformat
-    import papermill as pm
-
-    import experiments
-    from nfstudy.cli import RUN_PARAMETERS, figures_available
-
-    assert len(figures_available()) >= 2
-    for figure in figures_available():
-        path = f"notebooks/{figure}.ipynb"
-        assert nbformat.read(path, as_version=4).metadata["kernelspec"]["language"] == "python"
-        found = pm.inspect_notebook(path)
-        fields = {f.name for f in dataclasses.fields(experiments.load(figure).Params)}
-        assert set(found) == fields | set(RUN_PARAMETERS), figure
-        defaults = {name: p["default"] for name, p in found.items()}
-        assert defaults["profile"] == '"quick"' and defaults["seed"] == "0" and defaults["device"] == '"auto"', figure
-        assert {defaults[name] for name in fields | {"results_dir"}} == {"None"}, figure
 
 
 def test_seeds_spread_over_gpus():

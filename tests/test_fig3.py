@@ -6,29 +6,43 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
-
+from nfstudy_experiments import fig3
 
 TINY = ["-p", "depth", "8", "-p", "batch_size", "16", "-p", "n_step_sizes", "5", "-p", "batches", "[0, 2]"]
 
 
 def test_experiment_tables_at_tiny_size():
-    from experiments import fig3, params_for
+    from nfstudy_experiments import fig3, params_for
 
     paper = fig3.PROFILES["paper"]  # every series, the two AGC ones included
-    params = params_for("fig3", "quick", depth=8, batch_size=16, n_step_sizes=7, batches=(0, 2), series=paper.series,
-                        learning_rates=paper.learning_rates)  # fmt: skip
+    params = params_for(
+        "fig3", "quick", depth=8, batch_size=16, n_step_sizes=7, batches=(0, 2), series=paper.series, learning_rates=paper.learning_rates
+    )
     table = fig3.run(params, seed=0, device="cpu")["relative_loss"]
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in {"relative_loss": table}.items()} == {n: list(fig3.TABLES[n]) for n in {"relative_loss": table}}
     assert table.columns.tolist() == [
-        "series", "lr", "agc_lambda", "batch", "step_size", "relative_loss", "diverged", "loss_before", "loss_after",
+        "series",
+        "lr",
+        "agc_lambda",
+        "batch",
+        "step_size",
+        "relative_loss",
+        "diverged",
+        "loss_before",
+        "loss_after",
         "update_norm",
-    ]  # fmt: skip
+    ]
     series = ("bn", "none", "nf", "none+agc", "nf+agc")
     assert table.groupby(["series", "batch"], sort=False).size().to_dict() == {(s, b): 7 for s in series for b in (0, 2)}
     assert table.groupby("series", sort=False)["lr"].first().to_dict() == {
-        "bn": 0.1, "none": 1e-4, "nf": 0.1, "none+agc": 0.1, "nf+agc": 0.1
-    }  # fmt: skip
+        "bn": 0.1,
+        "none": 1e-4,
+        "nf": 0.1,
+        "none+agc": 0.1,
+        "nf+agc": 0.1,
+    }
     lam = table.groupby("series", sort=False)["agc_lambda"].first()
     assert lam.isna().tolist() == [True, True, True, False, False] and (lam.dropna() == 0.08).all()
     # The same network and batch, clipped: at batch 0 (no momentum yet) the same loss before the
@@ -63,16 +77,25 @@ def _table(rows, steps=STEPS, batches=(1,)):
         for b in batches:
             frames.append(
                 pd.DataFrame(
-                    {"seed": 0, "series": series, "lr": 0.1, "batch": b, "step_size": steps, "relative_loss": r,
-                     "diverged": ~np.isfinite(r) | (r > 1e3), "loss_before": 2.0, "loss_after": 2 * r,
-                     "update_norm": 1.0}
+                    {
+                        "seed": 0,
+                        "series": series,
+                        "lr": 0.1,
+                        "batch": b,
+                        "step_size": steps,
+                        "relative_loss": r,
+                        "diverged": ~np.isfinite(r) | (r > 1e3),
+                        "loss_before": 2.0,
+                        "loss_after": 2 * r,
+                        "update_norm": 1.0,
+                    }
                 )
-            )  # fmt: skip
+            )
     return {"relative_loss": pd.concat(frames, ignore_index=True)}
 
 
 def _outcomes(tables):
-    return {c.claim: c.outcome for c in figures.load("fig3").claims(tables)}
+    return {c.claim: c.outcome for c in fig3.claims(tables)}
 
 
 def _paper_claims(found):
@@ -90,7 +113,7 @@ def test_step_size_summary_reads_the_curves():
         },
         steps=old_steps,
     )
-    summary = figures.load("fig3").step_size_summary(tables["relative_loss"]).set_index("series")
+    summary = fig3.step_size_summary(tables["relative_loss"]).set_index("series")
     assert summary.loc["none", "lowering_up_to"] == 1e-4  # the 0.5 at step 1 is past divergence, not counted
     assert summary.loc["none", "lowest"] == 0.85 and summary.loc["none", "highest"] == np.inf
     assert summary.loc["none", "diverging_from"] == 1e-2 and summary.loc["none", "exploding_from"] == 1e-1
@@ -103,7 +126,7 @@ def test_step_size_summary_reads_the_curves():
 def test_paper_like_curves_pass_every_claim():
     tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN, "nf": PAPER_BN, "none+agc": PAPER_BN})
     tables["relative_loss"]["agc_lambda"] = np.where(tables["relative_loss"]["series"] == "none+agc", 0.08, np.nan)
-    found = figures.load("fig3").claims(tables)
+    found = fig3.claims(tables)
     assert [c.kind for c in found] == ["sanity"] + ["paper"] * 7 + ["extension"] * 5
     assert [c.value for c in found] == pytest.approx(
         [1.0, 0.7, 0.7, 0.999, 0.1, 10**-2.5, 10**-2.5, 1e-1 / 10**-3.5, 0.7, 1e-1 / 10**-3.5, 1.0, 0.7, 1e-1 / 10**-3.5]
@@ -116,7 +139,7 @@ def test_paper_like_curves_pass_every_claim():
 
 
 def test_negative_control_bn_and_no_bn_swapped_fail_every_contrast():
-    found = figures.load("fig3").claims(_table({"bn": PAPER_NO_BN, "none": PAPER_BN}))
+    found = fig3.claims(_table({"bn": PAPER_NO_BN, "none": PAPER_BN}))
     outcomes = [c.outcome for c in _paper_claims(found)]
     # Only "BN lowers the loss" holds: no BN lowers it too (to 0.1). Everything the paper
     # contrasts, and every magnitude, fails.
@@ -128,7 +151,7 @@ def test_negative_control_flat_curves_do_not_lower_the_loss():
     # BN, NF and no BN + AGC barely move: a relative loss of 0.99999 at every step.
     tables = _table({"bn": FLAT, "none": PAPER_NO_BN, "nf": FLAT, "none+agc": FLAT})
     tables["relative_loss"]["agc_lambda"] = np.where(tables["relative_loss"]["series"] == "none+agc", 0.08, np.nan)
-    found = {c.claim.split(" (")[0] if not c.claim.startswith("(") else c.claim: c for c in figures.load("fig3").claims(tables)}
+    found = {c.claim.split(" (")[0] if not c.claim.startswith("(") else c.claim: c for c in fig3.claims(tables)}
     lowers = [c for c in found.values() if "lowers the loss (relative loss below 0.9)" in c.claim]
     ranges = [c for c in found.values() if "far larger range of step sizes" in c.claim]
     assert len(lowers) == 3 and all(c.value == pytest.approx(0.99999) and not c.passed for c in lowers)
@@ -142,16 +165,16 @@ def test_negative_control_magnitudes_far_from_the_paper_fail_both_ways():
     # step and exploding already there: each passes the one-sided claims, fails the bands.
     deep_bn = [1.0, 0.99, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
     early = [0.5, 1e7] + [np.inf] * 11
-    found = _paper_claims(figures.load("fig3").claims(_table({"bn": deep_bn, "none": early})))
+    found = _paper_claims(fig3.claims(_table({"bn": deep_bn, "none": early})))
     assert [c.outcome for c in found] == ["passed", "failed", "passed", "failed", "failed", "failed", "failed"]
     assert found[-1].value == pytest.approx(10**0.5 / 10**-5.5)  # a ratio of 1e6 is not ~100
     # No BN that never diverges and lowers the loss as far as BN: its claims and the contrast fail.
-    found = _paper_claims(figures.load("fig3").claims(_table({"bn": PAPER_BN, "none": PAPER_BN})))
+    found = _paper_claims(fig3.claims(_table({"bn": PAPER_BN, "none": PAPER_BN})))
     assert [c.outcome for c in found] == ["passed"] * 3 + ["failed"] * 4
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import fig3, params_for
+    from nfstudy_experiments import fig3, params_for
 
     with pytest.raises(ValueError, match=r"learning_rates needs one value per series: 3 series \(bn, none, nf\) but 2"):
         params_for("fig3", "quick", series=["bn", "none", "nf"], learning_rates=[0.1, 1e-4])
@@ -183,33 +206,35 @@ def test_papermill_run_writes_every_contract_file(results_root):
     # Mini-batch 1 was not probed: no BN's minimum there cannot be decided.
     assert (claims["outcome"] == "not evaluable").sum() == 1
     # claims.csv is what the figure module computes from the saved table.
-    recomputed = [c.value for c in figures.load("fig3").claims({"relative_loss": table})]
+    recomputed = [c.value for c in fig3.claims({"relative_loss": table})]
     np.testing.assert_allclose(claims["value"], recomputed)
     assert (results_root / "fig3" / "quick" / "fig3.png").stat().st_size > 10_000
 
 
 def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():
     tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN})
-    gone = tables["relative_loss"].query("series == 'none'").assign(
-        batch=4, loss_before=np.nan, loss_after=np.nan, relative_loss=np.nan, diverged=True
+    gone = (
+        tables["relative_loss"]
+        .query("series == 'none'")
+        .assign(batch=4, loss_before=np.nan, loss_after=np.nan, relative_loss=np.nan, diverged=True)
     )
     bn4 = tables["relative_loss"].query("series == 'bn'").assign(batch=4)
-    found = figures.load("fig3").claims({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
+    found = fig3.claims({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
     assert found[0].value == 0.5 and not found[0].passed  # no BN had diverged by batch 4 in training
     # The other claims see batch 1 only, as if batch 4 had not been probed.
-    alone = figures.load("fig3").claims(tables)
+    alone = fig3.claims(tables)
     assert [c.value for c in found[1:]] == [c.value for c in alone[1:]]
-    fig = figures.load("fig3").plot({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
+    fig = fig3.plot({"relative_loss": pd.concat([tables["relative_loss"], gone, bn4])})
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "left out, training diverged\nbefore this batch: seed 0" in texts
     # No probe left at all: the no-BN claims cannot be decided, and say why.
-    never = figures.load("fig3").claims({"relative_loss": pd.concat([tables["relative_loss"].query("series == 'bn'"),
-                                                                     gone.assign(batch=1)])})  # fmt: skip
+    never = fig3.claims({"relative_loss": pd.concat([tables["relative_loss"].query("series == 'bn'"), gone.assign(batch=1)])})
     undecided = [c for c in never if c.outcome == "not evaluable"]
     assert [c.claim.split(":")[0][:40] for c in undecided] == [
-        "Without BN a small step lowers the loss ", "Without BN every curve explodes past a s",
-        "Without BN the relative loss reaches 1e+", "With BN the loss decreases over a far la",
-    ]  # fmt: skip
-    assert all("diverged before every probed mini-batch" in c.note or "not probed" in c.note or "no probed" in c.note
-               for c in undecided)  # fmt: skip
+        "Without BN a small step lowers the loss ",
+        "Without BN every curve explodes past a s",
+        "Without BN the relative loss reaches 1e+",
+        "With BN the loss decreases over a far la",
+    ]
+    assert all("diverged before every probed mini-batch" in c.note or "not probed" in c.note or "no probed" in c.note for c in undecided)
     assert never[0].value == 0 and not never[0].passed

@@ -6,32 +6,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
-
+from nfstudy_experiments import fig4
 
 TINY = ["-p", "depth", "20", "-p", "layers", "[2, 10, 18]", "-p", "batch_size", "16", "-p", "n_fractions", "3"]
 
 
 def test_experiment_tables_at_tiny_size():
-    from experiments import fig4, params_for
+    from nfstudy_experiments import fig4, params_for
 
     # ResNet-20: stem 1, stage 1 = layers 2..7 (16 channels), stage 2 = 8..13 (32), stage 3 = 14..19 (64)
     params = params_for("fig4", "quick", depth=20, layers=(2, 10, 18), batch_size=16, n_fractions=5, lr=0.05)
     tables = fig4.run(params, seed=0, device="cpu")
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig4.TABLES[n]) for n in tables}
     moments, losses = tables["channel_moments"], tables["update_loss"]
     sizes = moments.groupby(["series", "layer"], sort=False)["channel"].nunique().to_dict()
     assert sizes == {(s, k): c for s in ("none", "nf") for k, c in ((2, 16), (10, 32), (18, 64))}
     assert len(moments) == 2 * 5 * (16 + 32 + 64)
     assert moments.groupby("layer")["layer_name"].first().to_dict() == {
-        2: "layer1.0.branch.conv1", 10: "layer2.1.branch.conv1", 18: "layer3.2.branch.conv1"
+        2: "layer1.0.branch.conv1",
+        10: "layer2.1.branch.conv1",
+        18: "layer3.2.branch.conv1",
     }
     assert (moments["variance"] >= 0).all() and np.isfinite(moments["mean"]).all()
     assert losses.groupby("series").size().to_dict() == {"none": 5, "nf": 5}
     np.testing.assert_allclose(losses["step_size"], losses["fraction"] * 0.05)
     assert (losses.loc[losses["fraction"] == 0, "relative_loss"] == 1.0).all()
     # The activations move along the update: the no-BN network's deep layer changes the most.
-    lv = figures.load("fig4").layer_variance(moments.assign(seed=0))
+    lv = fig4.layer_variance(moments.assign(seed=0))
     none = lv[lv["series"] == "none"].pivot_table(index="fraction", columns="layer", values="variance")
     growth = none.iloc[-1] / none.iloc[0]
     assert (growth != 1.0).all()
@@ -46,11 +49,34 @@ def _tables(none_max: dict, relative_none, relative_nf=(1.0, 0.99), none_start: 
         for layer, v1 in ends.items():
             v0 = ends[8] if none_start is None or layer == 8 else none_start
             for fraction, v in ((0.0, min(v0, v1)), (1.0, v1)):
-                rows.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "layer": layer, "layer_name": "x",
-                             "fraction": fraction, "channel": 0, "mean": 0.0, "variance": v})
+                rows.append(
+                    {
+                        "seed": 0,
+                        "series": series,
+                        "lr": 1e-3,
+                        "update": 0,
+                        "layer": layer,
+                        "layer_name": "x",
+                        "fraction": fraction,
+                        "channel": 0,
+                        "mean": 0.0,
+                        "variance": v,
+                    }
+                )
         for fraction, r in zip((0.0, 1.0), relative):
-            losses.append({"seed": 0, "series": series, "lr": 1e-3, "update": 0, "fraction": fraction,
-                           "step_size": 1e-3 * fraction, "loss": 2 * r, "relative_loss": r, "diverged": r > 1e3})
+            losses.append(
+                {
+                    "seed": 0,
+                    "series": series,
+                    "lr": 1e-3,
+                    "update": 0,
+                    "fraction": fraction,
+                    "step_size": 1e-3 * fraction,
+                    "loss": 2 * r,
+                    "relative_loss": r,
+                    "diverged": r > 1e3,
+                }
+            )
     return {"channel_moments": pd.DataFrame(rows), "update_loss": pd.DataFrame(losses)}
 
 
@@ -59,12 +85,17 @@ PAPER_LIKE = {8: 0.8, 44: 3e6, 80: 2e16}  # PAPERS.md section D, within the fact
 
 def _claims(tables) -> dict:
     """The claims keyed by what they measure."""
-    keys = {"Without BN this update diverges": "diverges", "During the diverging update the no-BN network's layer-8 ": "layer8",
-            "During the diverging update the no-BN network's layer-44 ": "layer44",
-            "During the diverging update the no-BN network's layer-80 ": "layer80", "The activations blow up with depth": "growth",
-            "The blow-up happens during the update": "during", "(beyond the paper) The NF-ResNet": "nf"}
+    keys = {
+        "Without BN this update diverges": "diverges",
+        "During the diverging update the no-BN network's layer-8 ": "layer8",
+        "During the diverging update the no-BN network's layer-44 ": "layer44",
+        "During the diverging update the no-BN network's layer-80 ": "layer80",
+        "The activations blow up with depth": "growth",
+        "The blow-up happens during the update": "during",
+        "(beyond the paper) The NF-ResNet": "nf",
+    }
     found = {}
-    for c in figures.load("fig4").claims(tables):
+    for c in fig4.claims(tables):
         (key,) = [k for start, k in keys.items() if c.claim.startswith(start)]
         found[key] = c
     return found
@@ -105,7 +136,7 @@ def test_negative_control_a_calm_update_fails():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import fig4, params_for
+    from nfstudy_experiments import fig4, params_for
 
     with pytest.raises(ValueError, match=r"layer 80 does not exist in a ResNet-56: choose weight layers 1\.\.56 .*: 4, 22, 41\)"):
         params_for("fig4", "quick", depth=56)
@@ -125,5 +156,5 @@ def test_papermill_run_writes_every_contract_file(results_root):
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("channel_moments", "update_loss")}
     assert len(tables["channel_moments"]) == 2 * 3 * (16 + 32 + 64)
     claims = pd.read_csv(folder / "claims.csv")
-    np.testing.assert_allclose(claims["value"], [c.value for c in figures.load("fig4").claims(tables)])
+    np.testing.assert_allclose(claims["value"], [c.value for c in fig4.claims(tables)])
     assert (results_root / "fig4" / "quick" / "fig4.png").stat().st_size > 10_000

@@ -6,18 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
+from nfstudy_experiments import fig5
 
 # ResNet-44: 20 residual blocks, enough for no-BN growth of orders of magnitude.
 TINY = {"depth": 44, "layers": (1, 6, 18, 30, 42), "networks": 2, "batch_size": 8}
 
 
 def test_experiment_tables_and_claims_at_tiny_size():
-    from experiments import fig5, params_for
+    from nfstudy_experiments import fig5, params_for
 
     params = params_for("fig5", "quick", **TINY)
     table = fig5.run(params, seed=0, device="cpu")["activation_stats"]
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in {"activation_stats": table}.items()} == {
+        n: list(fig5.TABLES[n]) for n in {"activation_stats": table}
+    }
     assert table.columns.tolist() == ["series", "network", "depth", "layer_name", "statistic", "value"]
     assert len(table) == 3 * 2 * 5 * 4  # series x networks x layers x statistics
     names = table.drop_duplicates("depth").set_index("depth")["layer_name"]
@@ -33,7 +37,7 @@ def test_experiment_tables_and_claims_at_tiny_size():
     assert not np.allclose(stem.loc[("bn", 0)], stem.loc[("bn", 1)])
     # Claims from layer 6 on, as in the paper: the stem conv sees normalised images, so its
     # channel means are ~0 and any later layer is "orders of magnitude" above them.
-    claims = figures.load("fig5").claims({"activation_stats": table[table["depth"] > 1].assign(seed=0)})
+    claims = fig5.claims({"activation_stats": table[table["depth"] > 1].assign(seed=0)})
     # Outcomes depend on the init (see the constructed tables below); the claims read the table.
     assert [c.kind for c in claims] == ["paper"] * 8 + ["extension"]
     assert all(np.isfinite(c.value) for c in claims)
@@ -41,7 +45,7 @@ def test_experiment_tables_and_claims_at_tiny_size():
 
 
 def test_growth_and_exponential_fit_on_a_known_table():
-    from nfstudy.figures.fig5 import _log_linear_r2, growth
+    from nfstudy_experiments.fig5 import _log_linear_r2, growth
 
     depths = np.array([6, 18, 30, 42])
     rows = [
@@ -78,11 +82,11 @@ PAPER_LIKE = {"bn": FLAT, "none": EXPONENTIAL, "nf": FLAT - 1.0}
 
 
 def _outcomes(tables):
-    return [c.outcome for c in figures.load("fig5").claims(tables)]
+    return [c.outcome for c in fig5.claims(tables)]
 
 
 def test_claims_pass_on_the_papers_magnitudes():
-    claims = figures.load("fig5").claims(_table(PAPER_LIKE))
+    claims = fig5.claims(_table(PAPER_LIKE))
     assert [c.outcome for c in claims] == ["passed"] * 9
     assert claims[0].value == pytest.approx(5.0)  # -1.5 -> 3.5
 
@@ -110,12 +114,12 @@ def test_negative_control_growth_of_the_wrong_size_or_shape():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match=r"layers must be weight layers 1\.\.20 of a ResNet-20, got \[30\]"):
         params_for("fig5", "quick", depth=20, layers=(6, 30))
     with pytest.raises(ValueError, match="networks=12 needs as many mini-batches of 128"):
-        from experiments import fig5
+        from nfstudy_experiments import fig5
 
         fig5.run(params_for("fig5", "quick", depth=8, layers=(2, 8), networks=12, batch_size=128), device="cpu")
 

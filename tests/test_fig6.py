@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfstudy import figures
 from nfstudy.cli import main
 from nfstudy.probes import dominant_class
+from nfstudy_experiments import fig6
 
 # He init (kaiming_fan_out) makes a ResNet-44 without BN explode as the paper's deeper network does
 # under its own init: the mechanics below need the saturated no-BN network.
@@ -16,7 +16,7 @@ TINY = {"depth": 44, "networks": 2, "batch_size": 16, "epoch": False, "init": "k
 
 
 def test_experiment_tables_and_claims_at_tiny_size():
-    from experiments import fig6, params_for
+    from nfstudy_experiments import fig6, params_for
 
     tables = fig6.run(params_for("fig6", "quick", **TINY), seed=0, device="cpu")
     assert set(tables) == {"logit_gradients", "dominant_class"}  # no epoch asked for
@@ -37,7 +37,7 @@ def test_experiment_tables_and_claims_at_tiny_size():
     none, bn = (summary[summary["series"] == s] for s in ("none", "bn"))
     assert (none["dominant_share"] == 1.0).all()  # saturated: one class for every image
     assert (none["logit_std"].to_numpy() > 30 * bn["logit_std"].to_numpy()).all()  # because the logits exploded
-    claims = figures.load("fig6").claims({k: v.assign(seed=0) for k, v in tables.items()})
+    claims = fig6.claims({k: v.assign(seed=0) for k, v in tables.items()})
     assert [c.kind for c in claims] == ["sanity", "paper", "paper", "extension"]  # no epoch claim without an epoch
     assert claims[0].value == pytest.approx(np.abs(grads["gradient"]).max() / 16)
     assert claims[1].value == 1.0 and claims[1].passed  # every no-BN network collapsed
@@ -46,11 +46,14 @@ def test_experiment_tables_and_claims_at_tiny_size():
 
 
 def test_the_epoch_runs_on_the_median_network():
-    from experiments import fig6, params_for
-    from nfstudy.figures.fig6 import representative_network
+    from nfstudy_experiments import fig6, params_for
+    from nfstudy_experiments.fig6 import representative_network
 
     params = params_for("fig6", "quick", depth=8, networks=3, batch_size=32, series=("none", "bn"), epoch=True)
     tables = fig6.run(params, seed=0, device="cpu")
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig6.TABLES[n]) for n in tables}
+    assert set(tables) == set(fig6.TABLES)  # the epoch table too
     summary = tables["dominant_class"]
     epoch = summary[summary["scope"] == "epoch"].set_index("series")["network"]
     for series in ("none", "bn"):
@@ -86,7 +89,7 @@ PAPER_LIKE = {"none": [1.0] * 10, "bn": [0.1, 0.2, 0.3, 0.05, 0.4, 0.2, 0.1, 0.3
 
 
 def _outcomes(tables):
-    return [c.outcome for c in figures.load("fig6").claims(tables)]
+    return [c.outcome for c in fig6.claims(tables)]
 
 
 def test_claims_pass_on_the_papers_picture():
@@ -104,7 +107,7 @@ def test_negative_control_some_bn_networks_collapse_though_the_mean_share_is_low
     # 3 of 10 BN networks predict one class for every image (as 7 of 30 did with kaiming
     # init at quick); their mean share (0.44) is below 0.9, which the old claim accepted
     bn = [1.0, 0.95, 0.92, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.4]
-    claims = figures.load("fig6").claims(_tables({"none": [1.0] * 10, "bn": bn}))
+    claims = fig6.claims(_tables({"none": [1.0] * 10, "bn": bn}))
     assert np.mean(bn) < 0.9 and claims[2].value == pytest.approx(0.3) and claims[2].outcome == "failed"
     # one no-BN network in ten may escape; two may not
     assert _outcomes(_tables({"none": [1.0] * 9 + [0.5]})) == ["passed", "passed"]
@@ -118,7 +121,7 @@ def test_negative_control_a_scale_off_the_papers_colour_bar():
 
 
 def test_representative_network_is_the_median_by_dominant_share():
-    from nfstudy.figures.fig6 import representative_network
+    from nfstudy_experiments.fig6 import representative_network
 
     summary = _tables({"bn": [0.1, 1.0, 0.95, 0.2, 0.3]})["dominant_class"]
     assert representative_network(summary, "bn") == (0, 4)  # 0.1 0.2 [0.3] 0.95 1.0
@@ -129,7 +132,7 @@ def test_representative_network_is_the_median_by_dominant_share():
 
 
 def test_epoch_average_per_true_class_covers_the_epoch():
-    from experiments import fig6, params_for
+    from nfstudy_experiments import fig6, params_for
 
     params = params_for("fig6", "quick", depth=8, networks=1, batch_size=256, series=("none",), epoch=True)
     tables = fig6.run(params, seed=0, device="cpu")
@@ -148,7 +151,14 @@ def test_papermill_run_writes_every_contract_file(results_root):
     args = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
     assert main(["run", "fig6", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
     folder = results_root / "fig6" / "quick" / "seed=0"
-    assert {p.name for p in folder.iterdir()} == {"fig6.ipynb", "run.json", "logit_gradients.csv", "dominant_class.csv", "claims.csv", "fig6.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "fig6.ipynb",
+        "run.json",
+        "logit_gradients.csv",
+        "dominant_class.csv",
+        "claims.csv",
+        "fig6.png",
+    }
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
     assert len(pd.read_csv(folder / "claims.csv")) == 4
     assert (results_root / "fig6" / "quick" / "fig6.png").stat().st_size > 10_000
@@ -157,7 +167,7 @@ def test_papermill_run_writes_every_contract_file(results_root):
 def test_the_headline_heatmap_shows_the_median_network_on_the_papers_scale():
     import matplotlib.pyplot as plt
 
-    fig = figures.load("fig6").plot(_tables({"bn": [0.1, 1.0, 0.95, 0.2, 0.3], "none": [1.0] * 5}))
+    fig = fig6.plot(_tables({"bn": [0.1, 1.0, 0.95, 0.2, 0.3], "none": [1.0] * 5}))
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert "image (sorted by label)\nseed 0, network 4" in labels  # BN: 0.1 0.2 [0.3] 0.95 1.0, not the collapsed network 1
     assert "image (sorted by label)\nseed 0, network 2" in labels  # no BN: all tied, the lower median

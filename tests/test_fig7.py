@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from nfstudy import figures
 from nfstudy.cli import main
 from nfstudy.randmat import fuss_catalan_edge, gaussian_product, product_singular_values
+from nfstudy_experiments import fig7
 
 
 def test_fuss_catalan_edges():
@@ -39,16 +39,18 @@ def test_one_factor_follows_the_quarter_circle_law():
 
 
 def test_experiment_numbers_and_claims():
-    from experiments import fig7, params_for
+    from nfstudy_experiments import fig7, params_for
 
     tables = fig7.run(params_for("fig7", "quick", size=200, samples=3), seed=0, device="cpu")
+    # the columns and their order are the module's TABLES (the one owner of the schema)
+    assert {n: list(t.columns) for n, t in tables.items()} == {n: list(fig7.TABLES[n]) for n in tables}
     values, summary = tables["singular_values"], tables["singular_value_summary"]
     assert len(values) == 3 * 3 * 200 and summary["factors"].tolist() == [1, 3, 5]
     np.testing.assert_allclose(summary["mean_square"], 1.0, atol=0.05)
     assert summary["frac_small"].is_monotonic_increasing and summary["largest"].is_monotonic_increasing
     recount = values.groupby("factors")["singular_value"].apply(lambda s: (s < 0.1).mean()).to_numpy()
     np.testing.assert_allclose(summary["frac_small"], recount)
-    claims = figures.load("fig7").claims({k: v.assign(seed=0) for k, v in tables.items()})
+    claims = fig7.claims({k: v.assign(seed=0) for k, v in tables.items()})
     assert [c.outcome for c in claims] == ["passed"] * 6
     assert {c.kind for c in claims} == {"sanity"}  # theorems: never counted as the paper's
     again = fig7.run(params_for("fig7", "quick", size=200, samples=3), seed=0, device="cpu")
@@ -64,7 +66,7 @@ def _summary(largest: list[float], frac_small: list[float], factors=(1, 3, 5)) -
 
 
 def _outcomes(tables):
-    return [c.outcome for c in figures.load("fig7").claims(tables)]
+    return [c.outcome for c in fig7.claims(tables)]
 
 
 def test_claims_pass_on_the_papers_magnitudes():
@@ -81,7 +83,7 @@ def test_negative_control_no_growth_with_the_number_of_factors():
 
 
 def test_bad_parameters_name_the_fix():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="factors must be distinct and increasing"):
         params_for("fig7", "quick", factors=(3, 1))

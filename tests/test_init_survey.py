@@ -4,7 +4,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from experiments import _init_survey as survey
+from nfstudy_experiments import _init_survey as survey
 
 
 def test_scaled_layers_keep_the_paper_s_layers_at_depth_110():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import relative_loss_by_trial_steps
 
 from nfstudy.clip import GradientClipper
 from nfstudy.models import cifar_resnet
@@ -16,8 +17,6 @@ from nfstudy.probes import (
     relative_loss_along_update,
     relative_loss_during_training,
 )
-from nfstudy.probes.landscape import relative_loss_by_trial_steps
-
 
 STEPS = np.logspace(-4, 0.5, 7)
 
@@ -221,7 +220,7 @@ def test_bad_input_names_the_fix():
         relative_loss_along_update(model, optimizer, x, y, [])
     with pytest.raises(ValueError, match="fractions must all be finite and >= 0"):
         channel_moments_along_update(model, optimizer, x, y, [2], [0.0, -0.5])
-    with pytest.raises(IndexError, match=r"layer 80 does not exist: CifarResNet has weight layers 1\.\.8"):
+    with pytest.raises(IndexError, match=r"layer 80 does not exist in CifarResNet: choose weight-layer depths 1\.\.8"):
         channel_moments_along_update(model, optimizer, x, y, [2, 80], [0.0, 1.0])
     with pytest.raises(IndexError, match=r"batch 7 is beyond the epoch: it has 3 mini-batches \(0\.\.2\); probe earlier"):
         relative_loss_during_training(model, optimizer, [(x, y)] * 3, [1, 7], STEPS)
@@ -237,3 +236,29 @@ def test_channel_moments_hooks_are_removed():
         model(x)
     assert set(moments.last) == {1, 4} and moments.last[4][0].shape == (32,)  # layer 4: first conv of stage 2
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_channel_moments_are_the_layers_exact_float64_moments():
+    from nfstudy.models import get_layer
+
+    model, _, x, _ = _setup("bn")
+    seen = {}
+    handle = get_layer(model, 4).module.register_forward_hook(lambda m, args, out: seen.update(out=out.detach().double()))
+    with ChannelMoments(model, [4]) as moments:
+        model(x)
+    handle.remove()
+    var, mean = torch.var_mean(seen["out"].transpose(0, 1).flatten(1), dim=1, correction=0)
+    assert torch.equal(moments.last[4][0], mean) and torch.equal(moments.last[4][1], var)
+    assert moments.names == {4: get_layer(model, 4).name}
+
+
+def test_probing_gives_every_submodule_its_own_mode_back():
+    from nfstudy.probes import activation_statistics
+
+    model, optimizer, x, y = _setup("bn")
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()  # frozen BN in a training model
+    modes = {n: m.training for n, m in model.named_modules()}
+    relative_loss_along_update(model, optimizer, x, y, STEPS[:2])
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    activation_statistics(model, x, train=False)
+    assert {n: m.training for n, m in model.named_modules()} == modes

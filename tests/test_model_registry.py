@@ -36,8 +36,7 @@ def test_resnet101_with_and_without_bn_share_every_conv_weight(resnet101_pair):
     assert torch.equal(bn.fc.weight, none.fc.weight)
     # The layer names the figures report: the reproduction's "layer 55" is the middle of layer3.
     names = {k: weight_layers(none)[k - 1].name for k in (1, 4, 54, 55, 100, 101)}
-    assert names == {1: "conv1", 4: "layer1.0.conv3", 54: "layer3.10.conv2", 55: "layer3.10.conv3",
-                     100: "layer4.2.conv3", 101: "fc"}  # fmt: skip
+    assert names == {1: "conv1", 4: "layer1.0.conv3", 54: "layer3.10.conv2", 55: "layer3.10.conv3", 100: "layer4.2.conv3", 101: "fc"}
 
 
 def test_resnet101_init_is_torchvisions_kaiming_fan_out(resnet101_pair):
@@ -79,8 +78,8 @@ def test_resnet101_trains_a_step_at_32x32(resnet101_pair):
 
 
 def test_default_model_is_the_papers_cifar_resnet():
-    from experiments import params_for
-    from experiments._common import make_resnet
+    from nfstudy_experiments import params_for
+    from nfstudy_experiments._common import make_resnet
 
     for figure in ("fig1", "fig2", "fig3", "fig5", "fig6"):
         params = params_for(figure, "quick")
@@ -91,7 +90,7 @@ def test_default_model_is_the_papers_cifar_resnet():
 
 
 def test_bad_model_parameters_name_the_choices():
-    from experiments import params_for
+    from nfstudy_experiments import params_for
 
     with pytest.raises(ValueError, match="unknown model 'resnet101': choose one of cifar_resnet, torchvision_resnet"):
         params_for("fig2", "quick", model="resnet101")
@@ -125,7 +124,7 @@ TV = {"model": "torchvision_resnet", "depth": 101, "series": ["bn", "none"], "in
 
 
 def test_fig2_runs_on_resnet101():
-    from experiments import fig2, params_for
+    from nfstudy_experiments import fig2, params_for
 
     params = params_for("fig2", "quick", **TV, layer=54, batch_size=8)
     tables = fig2.run(params, seed=0, device="cpu")
@@ -137,7 +136,7 @@ def test_fig2_runs_on_resnet101():
 
 
 def test_fig5_runs_on_resnet101():
-    from experiments import fig5, params_for
+    from nfstudy_experiments import fig5, params_for
 
     params = params_for("fig5", "quick", **TV, layers=[4, 52, 100], networks=2, batch_size=8)
     table = fig5.run(params, seed=0, device="cpu")["activation_stats"]

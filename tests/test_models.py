@@ -262,3 +262,22 @@ def test_the_paper_init_is_one_of_the_schemes():
     from nfstudy.models import PAPER_INIT
 
     assert PAPER_INIT in INITS
+
+
+def test_blocks_take_their_layers_as_callables():
+    from nfstudy.models.resnet import NORM_LAYERS, BasicBlock, ScaledReLU
+
+    block = BasicBlock(8, 8, 1, norm_layer=lambda c: nn.GroupNorm(2, c), act_layer=nn.GELU)
+    assert isinstance(block.branch.bn1, nn.GroupNorm) and isinstance(block.relu, nn.GELU)
+    x = torch.randn(2, 8, 4, 4)
+    assert block(x).shape == x.shape
+    # Each norm's network is built from exactly the layers its table entry names.
+    for norm, layers in NORM_LAYERS.items():
+        model = cifar_resnet(8, norm, ws_eps=1e-3, gamma=1.5)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert all(isinstance(m, ScaledStdConv2d) == layers.ws for m in convs), norm
+        assert all(m.eps == 1e-3 for m in convs if layers.ws), norm
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (layers.norm_layer is nn.BatchNorm2d), norm
+        acts = [m for m in model.modules() if isinstance(m, ScaledReLU)]
+        assert bool(acts) == layers.nf, norm
+        assert all(m.gamma == (1.5 if layers.ws else 1.0) for m in acts), norm  # no WS: the init carries the gain

@@ -165,9 +165,13 @@ def test_unknown_layers_are_errors_that_list_what_exists():
     model = cifar_resnet(20, "bn")
     with pytest.raises(IndexError, match=r"layers? 0, 21 do not exist .* weight-layer depths 1\.\.20 \(conv1 \.\.\. fc\).*'blocks'"):
         ActivationProbe(model, [5, 0, 21])
-    with pytest.raises(ValueError, match=r"no module named .layer1\.0\.branch\.conv3. \(did you mean layer1\.0\.branch\.conv2, layer1\.0\.branch\.conv1"):
+    with pytest.raises(
+        ValueError, match=r"no module named .layer1\.0\.branch\.conv3. \(did you mean layer1\.0\.branch\.conv2, layer1\.0\.branch\.conv1"
+    ):
         ActivationProbe(model, ["layer1.0.branch.conv3"])
-    with pytest.raises(ValueError, match=r"unknown layer selection 'block': choose .*'blocks' \(9 blocks: layer1\.0 \.\.\. layer3\.2\), 'weights'"):
+    with pytest.raises(
+        ValueError, match=r"unknown layer selection 'block': choose .*'blocks' \(9 blocks: layer1\.0 \.\.\. layer3\.2\), 'weights'"
+    ):
         ActivationProbe(model, "block")
     with pytest.raises(ValueError, match="has no residual blocks"):
         ActivationProbe(nn.Sequential(nn.Conv2d(3, 4, 3)), "blocks")
@@ -210,13 +214,22 @@ def test_channel_moments_in_every_layout_precision_and_range():
     # channels-last memory and half precision give the same numbers
     torch.testing.assert_close(channel_moments(x.contiguous(memory_format=torch.channels_last)), moments, rtol=1e-5, atol=1e-6)
     half = x.to(torch.bfloat16)
-    torch.testing.assert_close(channel_moments(half), torch.stack((half.double().mean((0, 2, 3)), half.double().var((0, 2, 3), unbiased=False))), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        channel_moments(half),
+        torch.stack((half.double().mean((0, 2, 3)), half.double().var((0, 2, 3), unbiased=False))),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # a (N, C) output (the classifier) has channels too
-    torch.testing.assert_close(channel_moments(x[:, :, 0, 0]), torch.stack((ref[:, :, 0, 0].mean(0), ref[:, :, 0, 0].var(0, unbiased=False))))
+    torch.testing.assert_close(
+        channel_moments(x[:, :, 0, 0]), torch.stack((ref[:, :, 0, 0].mean(0), ref[:, :, 0, 0].var(0, unbiased=False)))
+    )
     # Huge activations: float32 partial sums overflow to inf, never to a wrong finite
     # number; float64 accumulation measures them.
     huge = x * 1e20
     assert torch.isinf(channel_moments(huge)[1]).all()
-    torch.testing.assert_close(channel_moments(huge, torch.float64), expected * torch.tensor([[1e20], [1e40]], dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        channel_moments(huge, torch.float64), expected * torch.tensor([[1e20], [1e40]], dtype=torch.float64), rtol=1e-5, atol=0
+    )
     with pytest.raises(ValueError, match="channels on dim 1"):
         channel_moments(torch.randn(5))

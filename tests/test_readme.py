@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import experiments
+import nfstudy_experiments
 from nfstudy import cli
 from nfstudy.params import resolve
 from nfstudy.train import _parser as train_parser
@@ -48,7 +48,7 @@ def check_nfstudy(argv: list[str]) -> None:
     ``nfstudy run`` does before it starts a kernel."""
     args = cli._parser().parse_args(argv)
     if argv[0] == "run":
-        module = experiments.load(args.figure)
+        module = nfstudy_experiments.load(args.figure)
         resolve(module.PROFILES, args.profile, cli._overrides(args))
 
 
@@ -90,3 +90,49 @@ def test_a_wrong_parameter_would_be_caught():
         check_nfstudy(["run", "fig1", "--profile", "quick", "-p", "nosuch", "1"])
     with pytest.raises(SystemExit):
         train_parser().parse_args(["--out", "x", "--epochs", "1", "--nosuch"])
+
+
+# The README's figure sections stay true: each figure of the registry has one, with its
+# command, its picture in the gallery, a link to its parameters in the generated reference,
+# and its claims table, one row per claim of the gallery's claims.csv with that row's outcome
+# and seed counts. Long text goes to docs/; the README stays a short guide.
+README_MAX_BYTES = 20480
+
+
+def test_the_readme_is_a_short_guide():
+    size = (ROOT / "README.md").stat().st_size
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes (at most {README_MAX_BYTES}): move detail into docs/"
+
+
+def _figure_sections() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    sections = {}
+    for part in re.split(r"\n(?=### )", text):
+        found = re.match(r"### .*\(`make (\w+)`\)", part)
+        if found:
+            sections[found.group(1)] = part.split("\n## ")[0]
+    return sections
+
+
+def _claims_rows(section: str) -> list[list[str]]:
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| claim |")]
+    return [re.split(r"(?<!\\)\|", line)[1:-1] for line in rows]
+
+
+@pytest.mark.parametrize("figure", nfstudy_experiments.FIGURES)
+def test_the_readme_has_the_figure(figure):
+    import pandas as pd
+
+    section = _figure_sections().get(figure)
+    assert section is not None, f"README.md has no section '### ... (`make {figure}`)'"
+    picture = f"results/{figure}/quick/{figure}.png"
+    assert f"({picture})" in section and (ROOT / picture).exists(), picture
+    assert f"(docs/reference.md#{figure})" in section
+    assert f"make {figure} PROFILE=quick" in section
+    claims = pd.read_csv(ROOT / "results" / figure / "quick" / "claims.csv")
+    rows = _claims_rows(section)
+    assert len(rows) == len(claims), f"{figure}: {len(rows)} claims rows in README.md, {len(claims)} in the gallery"
+    for cells, (_, claim) in zip(rows, claims.iterrows()):
+        quick = cells[-1]
+        assert claim.outcome in quick.replace("**", ""), (figure, claim.claim, quick)
+        assert f"{claim.n_passed}/{claim.n_evaluable}" in quick, (figure, claim.claim, quick)

@@ -3,18 +3,19 @@ import shutil
 
 import pytest
 
-from nfstudy import figures, runs
+from nfstudy import runs
 from nfstudy.claims import claims_table
-from nfstudy.report import FIGURE_ORDER, build_report
+from nfstudy.report import build_report
+from nfstudy_experiments import FIGURES, fig2, load
 
 
 def _fig2_run(root, seed):
-    from experiments import fig2, params_for
+    from nfstudy_experiments import params_for
 
     params = params_for("fig2", "quick", depth=44, layer=22, batch_size=16)
     run = runs.Run.start("fig2", "quick", seed, {}, dataset=params.dataset, device="cpu", root=root)
     tables = run.save_tables(fig2.run(params, seed=seed, device="cpu"))
-    run.save_claims(claims_table("fig2", figures.load("fig2").claims(tables)))
+    run.save_claims(claims_table("fig2", fig2.claims(tables)))
     run.finish()
     return run.dir
 
@@ -22,8 +23,10 @@ def _fig2_run(root, seed):
 def test_empty_results_list_every_figure_as_not_yet_run(tmp_path):
     page = build_report(tmp_path / "results").read_text()
     assert "## Not yet run" in page
-    for figure in FIGURE_ORDER:
+    for figure in FIGURES:
         assert f"`make {figure} PROFILE=quick`" in page
+        # the title the report prints is the figure module's own (its one definition)
+        assert f"- **{figure}** ({load(figure).TITLE}): " in page
     assert "claims passed" not in page
 
 
@@ -46,7 +49,9 @@ def test_report_from_copied_files_with_broken_runs_skipped(tmp_path):
     warned = " ".join(str(w.message) for w in caught)
     assert "seed=7" in warned and "seed=8" in warned and "seed=9" in warned
     assert "![fig2 (quick)](fig2/quick/fig2.png)" in page and (copied / "fig2" / "quick" / "fig2.png").stat().st_size > 10_000
-    assert "| fig2 | quick | 2 |" in page.replace("[fig2](#fig2-gradients-of-a-conv-kernel-at-initialisation-bjorck-et-al-2018-fig-2)", "fig2")
+    assert "| fig2 | quick | 2 |" in page.replace(
+        "[fig2](#fig2-gradients-of-a-conv-kernel-at-initialisation-bjorck-et-al-2018-fig-2)", "fig2"
+    )
     assert "2/2/2 |" in page  # claims over both completed seeds
     assert "`fig2/quick/seed=7`: status 'failed': OOM" in page
     assert "`fig2/quick/seed=8`: no readable run.json" in page
@@ -61,10 +66,25 @@ def test_a_pipe_in_a_claim_or_metric_does_not_split_the_table_row():
     from nfstudy.report import _claims_markdown
 
     claims = pd.DataFrame(
-        [{"claim": "a | b", "kind": "paper", "metric": "|x - y|", "value": 1.0, "value_std": 0.5, "comparison": "<=",
-          "threshold": 3.0, "threshold_high": float("nan"), "outcome": "passed", "passed": True, "note": "",
-          "n_seeds": 2, "n_evaluable": 2, "n_passed": 2}]
-    )  # fmt: skip
+        [
+            {
+                "claim": "a | b",
+                "kind": "paper",
+                "metric": "|x - y|",
+                "value": 1.0,
+                "value_std": 0.5,
+                "comparison": "<=",
+                "threshold": 3.0,
+                "threshold_high": float("nan"),
+                "outcome": "passed",
+                "passed": True,
+                "note": "",
+                "n_seeds": 2,
+                "n_evaluable": 2,
+                "n_passed": 2,
+            }
+        ]
+    )
     row = _claims_markdown(claims)[4]
     unescaped = row.replace("\\|", "")
     assert unescaped.count("|") == 6, row  # the five cells' borders only

@@ -117,14 +117,17 @@ def test_not_evaluable_counts_neither_way_and_needs_a_reason():
         Claim("c", "m", 1.0, ">", 0.0, evaluable=False)
     undecided = Claim("c", "m", 1.0, ">", 0.0, evaluable=False, note="runs had not converged")
     assert undecided.outcome == "not evaluable" and not undecided.passed
-    rows = [claims_table("f", [Claim("c", "m", v, ">", 0.0, evaluable=e, note="" if e else "why")]).assign(seed=s)
-            for s, (v, e) in enumerate([(1.0, True), (1.0, True), (1.0, True), (1.0, True), (-1.0, True)])]  # fmt: skip
+    rows = [
+        claims_table("f", [Claim("c", "m", v, ">", 0.0, evaluable=e, note="" if e else "why")]).assign(seed=s)
+        for s, (v, e) in enumerate([(1.0, True), (1.0, True), (1.0, True), (1.0, True), (-1.0, True)])
+    ]
     four_of_five = across_seeds(pd.concat(rows)).iloc[0]
     assert four_of_five["outcome"] == "passed" and four_of_five["n_passed"] == 4  # the 80% rule
     rows[3] = claims_table("f", [Claim("c", "m", -1.0, ">", 0.0)]).assign(seed=3)
     assert across_seeds(pd.concat(rows)).iloc[0]["outcome"] == "failed"  # 3 of 5
-    mostly_undecided = [claims_table("f", [Claim("c", "m", 1.0, ">", 0.0, evaluable=s == 0, note="" if s == 0 else "why")]).assign(seed=s)
-                        for s in range(3)]  # fmt: skip
+    mostly_undecided = [
+        claims_table("f", [Claim("c", "m", 1.0, ">", 0.0, evaluable=s == 0, note="" if s == 0 else "why")]).assign(seed=s) for s in range(3)
+    ]
     summary = across_seeds(pd.concat(mostly_undecided)).iloc[0]
     assert summary["outcome"] == "not evaluable" and summary["note"] == "why"
 

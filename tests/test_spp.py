@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from nfstudy import figures
 from nfstudy.cli import main
 from nfstudy.models import cifar_resnet
+from nfstudy_experiments import spp
 
 # ResNet-32 (15 blocks): deep enough for the no-BN explosion the claims measure.
 TINY = {"depth": 32, "batch_size": 32}
 
 
 def test_expected_nf_variance_follows_the_recursion():
-    from experiments.spp import expected_nf_variance
+    from nfstudy_experiments.spp import expected_nf_variance
 
     a2 = 0.2**2
     stage = [1 + a2, 1 + 2 * a2, 1 + 3 * a2]
@@ -27,9 +27,13 @@ def test_expected_nf_variance_follows_the_recursion():
 
 @pytest.fixture(scope="module")
 def tiny_table():
-    from experiments import params_for, spp
+    from nfstudy_experiments import params_for, spp
 
     return spp.run(params_for("spp", "quick", **TINY), seed=0, device="cpu")["signal_propagation"].assign(seed=0)
+
+
+def test_the_table_has_the_columns_of_TABLES(tiny_table):
+    assert tiny_table.columns.tolist() == [*spp.TABLES["signal_propagation"], "seed"]
 
 
 def _claims(table) -> dict[str, object]:
@@ -44,7 +48,7 @@ def _claims(table) -> dict[str, object]:
         "BN ResNets": "bn_linear",
     }
     found = {}
-    for c in figures.load("spp").claims({"signal_propagation": table}):
+    for c in spp.claims({"signal_propagation": table}):
         (key,) = [k for start, k in keys.items() if c.claim.startswith(start)]
         found[key] = c
     return found
@@ -122,8 +126,16 @@ def _constructed(variance_per_block: float, sq_mean: float, branch_sq_mean: floa
             if block:
                 stats |= {"branch_avg_channel_var": 1.0, "branch_avg_channel_sq_mean": branch_sq_mean}
             rows += [
-                {"seed": 0, "series": series, "input": "gaussian", "block": block, "block_name": f"b{block}",
-                 "stage": 1 + 3 * block // (blocks + 1), "statistic": k, "value": v}
+                {
+                    "seed": 0,
+                    "series": series,
+                    "input": "gaussian",
+                    "block": block,
+                    "block_name": f"b{block}",
+                    "stage": 1 + 3 * block // (blocks + 1),
+                    "statistic": k,
+                    "value": v,
+                }
                 for k, v in stats.items()
             ]
     return pd.DataFrame(rows)
@@ -141,7 +153,7 @@ def test_negative_control_constructed_tables():
     for key in ("nf_analytic_var", "nf_no_shift", "bn_linear"):
         assert not exploding[key].passed, key
     # Just below the thresholds does not pass, just above does.
-    from nfstudy.figures.spp import MEAN_SHIFT, NO_MEAN_SHIFT
+    from nfstudy_experiments.spp import MEAN_SHIFT, NO_MEAN_SHIFT
 
     assert not _claims(_constructed(1.0, NO_MEAN_SHIFT * 1.01, 0.0))["nf_no_shift"].passed
     assert not _claims(_constructed(1.0, MEAN_SHIFT * 0.99, 0.0))["no_ws_shift"].passed

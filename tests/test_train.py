@@ -31,8 +31,7 @@ def tiny():
     from nfstudy.data import load_dataset
 
     d = load_dataset("digits", image_size=8)
-    return type(d)(d.name, d.train_images[:384], d.train_labels[:384], d.test_images[:128], d.test_labels[:128],
-                   d.classes, d.mean, d.std)  # fmt: skip
+    return type(d)(d.name, d.train_images[:384], d.train_labels[:384], d.test_images[:128], d.test_labels[:128], d.classes, d.mean, d.std)
 
 
 def resnet8(norm="bn", seed=0):
@@ -67,8 +66,12 @@ def test_plateau_judges_the_last_window_against_the_best_before():
 
 def test_plateau_rule_doubles_the_budget_before_the_first_drop(tiny):
     # A loss still falling at the first milestone (epoch 2 of 4): twice the epochs, the drop moves to epoch 4.
-    result = train(resnet8(), tiny, config(epochs=4, lr=0.01, extend_until_plateau=True, plateau_window=1,
-                                           plateau_tol=0.0, max_extensions=1), device="cpu")  # fmt: skip
+    result = train(
+        resnet8(),
+        tiny,
+        config(epochs=4, lr=0.01, extend_until_plateau=True, plateau_window=1, plateau_tol=0.0, max_extensions=1),
+        device="cpu",
+    )
     assert result.budget == 8 and result.epochs == 8
     assert result.history["lr"].tolist() == pytest.approx([0.01] * 4 + [0.001] * 2 + [1e-4] * 2)
     assert result.history["progress_pct"].tolist() == pytest.approx([12.5 * k for k in range(1, 9)])
@@ -106,8 +109,7 @@ def test_epochs_must_be_an_int():
 def test_training_learns_and_reports_per_epoch(tiny, tmp_path):
     result = train(resnet8(), tiny, config(epochs=4), device="cpu", out_dir=tmp_path)
     h = result.history
-    assert h.columns.tolist() == ["epoch", "step", "progress_pct", "lr", "train_loss", "train_accuracy",
-                                  "test_loss", "test_accuracy"]  # fmt: skip
+    assert h.columns.tolist() == ["epoch", "step", "progress_pct", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
     assert h["epoch"].tolist() == [1, 2, 3, 4] and h["step"].tolist() == [6, 12, 18, 24]
     assert h["progress_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
     assert h["lr"].tolist() == pytest.approx([0.05, 0.05, 0.005, 0.0005])
@@ -245,15 +247,47 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     order of floating-point sums. (With BatchNorm, DDP normalises over each rank's half
     batch, a different computation; SyncBatchNorm, its fix, has no CPU kernel.)
     """
-    args = ["--model", "resnet8", "--norm", "nf", "--dataset", "digits", "--image-size", "8", "--epochs", "2",
-            "--lr", "0.1", "--batch-size", "64", "--device", "cpu", "--checkpoint-every", "1"]  # fmt: skip
+    args = [
+        "--model",
+        "resnet8",
+        "--norm",
+        "nf",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "8",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.1",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+    ]
     env = {**os.environ, "NFSTUDY_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-              "--master_port", str(_free_port()), "-m", "nfstudy.train", "--out", str(tmp_path / "ddp")]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "nfstudy.train",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     two = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "nfstudy.train", "--out", str(tmp_path / "one"), *args],
-                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", "nfstudy.train", "--out", str(tmp_path / "one"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     summary = [json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two)]
     assert [s["world_size"] for s in summary] == [1, 2]  # one line of results: rank 0 alone writes
@@ -271,9 +305,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
 def test_warmup_ramps_the_rate_per_step_then_follows_the_schedule(tiny, tmp_path):
     cfg = config(warmup_epochs=1.5, checkpoint_every=1)  # 6 steps an epoch: 9 warmup steps
     seen = []
-    handle = register_optimizer_step_pre_hook(
-        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"])
-    )
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
     try:
         whole = train(resnet8(), tiny, cfg, device="cpu", out_dir=tmp_path / "whole")
     finally:
@@ -299,7 +331,45 @@ def test_warmup_past_the_first_drop_is_refused_and_no_warmup_keeps_old_checkpoin
         config(warmup_epochs=-1)
     from nfstudy.train import describe
 
-    data = SimpleNamespace(name="x", train_labels=torch.zeros(1), test_labels=torch.zeros(1), train_images=torch.zeros(1, 3, 8, 8),
-                           test_images=torch.zeros(1, 3, 8, 8))  # fmt: skip
+    data = SimpleNamespace(
+        name="x",
+        train_labels=torch.zeros(1),
+        test_labels=torch.zeros(1),
+        train_images=torch.zeros(1, 3, 8, 8),
+        test_images=torch.zeros(1, 3, 8, 8),
+    )
     assert "warmup_epochs" not in describe(resnet8(), data, config(), 0, 1)
     assert describe(resnet8(), data, config(warmup_epochs=1), 0, 1)["warmup_epochs"] == 1
+
+
+def test_the_engine_keeps_the_names_other_trainers_build_on():
+    import nfstudy.train as engine
+
+    stable = [
+        "CheckpointMismatch",
+        "HISTORY_COLUMNS",
+        "TrainConfig",
+        "TrainResult",
+        "accuracy_has_plateaued",
+        "backward_and_step",
+        "describe",
+        "evaluate",
+        "fingerprint",
+        "has_plateaued",
+        "learning_rate",
+        "load_checkpoint",
+        "milestone_epochs",
+        "save_checkpoint",
+        "train",
+    ]
+    assert set(stable) <= set(engine.__all__) and all(hasattr(engine, name) for name in engine.__all__)
+
+
+def test_a_checkpoint_round_trips_and_refuses_another_configuration(tmp_path, tiny):
+    from nfstudy.train import describe, fingerprint, load_checkpoint, save_checkpoint
+
+    description = describe(resnet8(), tiny, config(), 0, 1)
+    save_checkpoint(tmp_path / "c.pt", {"fingerprint": fingerprint(description), "description": description, "x": torch.ones(2)})
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt", description)["x"], torch.ones(2))
+    with pytest.raises(CheckpointMismatch, match="lr: 0.05 there, 0.1 here"):
+        load_checkpoint(tmp_path / "c.pt", describe(resnet8(), tiny, config(lr=0.1), 0, 1))

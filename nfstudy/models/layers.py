@@ -78,7 +78,7 @@ class ScaledStdConv2d(nn.Conv2d):
         return super().extra_repr() + f", eps={self.eps}"
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, gain_init: float = 1.0, eps: float = 1e-4) -> "ScaledStdConv2d":
+    def from_conv(cls, conv: nn.Conv2d, gain_init: float = 1.0, eps: float = 1e-4) -> ScaledStdConv2d:
         """A WS conv with the same configuration, weights and bias as ``conv``."""
         new = cls(
             conv.in_channels,

@@ -101,7 +101,8 @@ def check_model(name: str, depth: int, norms=()) -> ModelSpec:
     bad = list(dict.fromkeys(n for n in norms if n not in spec.norms))
     if bad:
         raise ValueError(
-            f"model {name} supports the norms {', '.join(spec.norms)} only, got {', '.join(map(repr, bad))}: drop those series (e.g. -p series '[\"bn\", \"none\"]')"
+            f"model {name} supports the norms {', '.join(spec.norms)} only, got {', '.join(map(repr, bad))}: "
+            'drop those series (e.g. -p series \'["bn", "none"]\')'
         )
     return spec
 

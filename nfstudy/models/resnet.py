@@ -5,7 +5,8 @@ Depth is 6n + 2: a 3x3 stem conv, three stages of n basic blocks (16, 32, 64 cha
 the second and third stages halve the resolution in their first block), global average
 pooling and a linear classifier. ResNet-20/56/110 are n = 3/9/18.
 
-``norm`` selects the variant:
+``norm`` selects the variant, i.e. the layers its blocks are built from (:data:`NORM_LAYERS`;
+the blocks take them as callables, timm's ``conv_layer``/``norm_layer``/``act_layer``):
 
 * ``"bn"``: the original, post-activation block ``relu(bn(conv(relu(bn(conv(x))))) + x)``
   with the parameter-free "option A" shortcut (subsample, zero-pad new channels).
@@ -35,8 +36,10 @@ all of them, and exposes each block's residual branch as the submodule ``branch`
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +51,49 @@ from .init import INITS, initialize
 from .layers import RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .surgery import WeightLayer, get_layer, weight_layers
 
-__all__ = ["NF_NORMS", "NORMS", "BasicBlock", "CifarResNet", "NFBlock", "ResNetConfig", "cifar_resnet", "create_model"]
+__all__ = [
+    "NF_NORMS",
+    "NORMS",
+    "NORM_LAYERS",
+    "BasicBlock",
+    "CifarResNet",
+    "Layers",
+    "NFBlock",
+    "ResNetConfig",
+    "cifar_resnet",
+    "create_model",
+    "layers_for",
+]
 
-NORMS = ("bn", "none", "ws", "nf", "nf_no_ws")
-NF_NORMS = ("nf", "nf_no_ws")  # the norms built from NFBlocks
 PAPER_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2016, Table 6
+
+ConvLayer = Callable[..., nn.Module]  # conv_layer(in_channels, out_channels, kernel_size, stride=, padding=, bias=)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The layers one variant is built from, passed to the stem and the blocks as callables."""
+
+    conv_layer: ConvLayer
+    norm_layer: Callable[[int], nn.Module]  # norm_layer(channels)
+    act_layer: Callable[[], nn.Module]
+    nf: bool  # NFBlocks (pre-activation, skip gain, biased convs) instead of BasicBlocks
+    ws: bool  # Scaled WS convs: they carry the nonlinearity's gain gamma themselves
+
+
+_RELU = functools.partial(nn.ReLU, inplace=True)
+
+# norm -> its layers; layers_for binds ResNetConfig's ws_eps to the Scaled WS convs and gamma to
+# the NF activations.
+NORM_LAYERS: dict[str, Layers] = {
+    "bn": Layers(nn.Conv2d, nn.BatchNorm2d, _RELU, nf=False, ws=False),
+    "none": Layers(nn.Conv2d, nn.Identity, _RELU, nf=False, ws=False),
+    "ws": Layers(ScaledStdConv2d, nn.Identity, _RELU, nf=False, ws=True),
+    "nf": Layers(ScaledStdConv2d, nn.Identity, ScaledReLU, nf=True, ws=True),
+    "nf_no_ws": Layers(nn.Conv2d, nn.Identity, ScaledReLU, nf=True, ws=False),
+}
+NORMS = tuple(NORM_LAYERS)  # ("bn", "none", "ws", "nf", "nf_no_ws")
+NF_NORMS = tuple(n for n, layers in NORM_LAYERS.items() if layers.nf)  # the norms built from NFBlocks
 
 
 @dataclass(frozen=True)
@@ -72,13 +113,23 @@ class ResNetConfig:
         check_choice("norm", self.norm, NORMS)
         check_choice("init", self.init, INITS)
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
-            raise ValueError(
-                f"depth must be 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))}), got {self.depth!r}"
-            )
+            raise ValueError(f"depth must be 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))}), got {self.depth!r}")
 
     @property
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
+
+
+def layers_for(config: ResNetConfig) -> Layers:
+    """:data:`NORM_LAYERS` of ``config.norm`` with the config's constants bound: the WS eps,
+    and gamma in the NF activations (1 without Scaled WS: the init carries the ReLU's gain)."""
+    layers = NORM_LAYERS[config.norm]
+    conv, act = layers.conv_layer, layers.act_layer
+    if layers.ws:
+        conv = functools.partial(conv, eps=config.ws_eps)
+    if layers.nf:
+        act = functools.partial(act, config.gamma if layers.ws else 1.0)
+    return Layers(conv, layers.norm_layer, act, nf=layers.nf, ws=layers.ws)
 
 
 class ShortcutA(nn.Module):
@@ -95,33 +146,33 @@ class ShortcutA(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """``relu(branch(x) + shortcut(x))``, branch = conv-norm-relu-conv-norm."""
+    """``act(branch(x) + shortcut(x))``, branch = conv-norm-act-conv-norm (bias-free 3x3 convs)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, ws_eps: float):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        *,
+        conv_layer: ConvLayer = nn.Conv2d,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Module] = _RELU,
+    ):
         super().__init__()
-
-        def conv(cin, cout, s):
-            if norm == "ws":
-                return ScaledStdConv2d(cin, cout, 3, stride=s, padding=1, bias=False, eps=ws_eps)
-            return nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False)
-
-        def bn(c):
-            return nn.BatchNorm2d(c) if norm == "bn" else nn.Identity()
-
         self.branch = nn.Sequential(
             OrderedDict(
-                conv1=conv(in_channels, out_channels, stride),
-                bn1=bn(out_channels),
-                relu1=nn.ReLU(inplace=True),
-                conv2=conv(out_channels, out_channels, 1),
-                bn2=bn(out_channels),
+                conv1=conv_layer(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                bn1=norm_layer(out_channels),
+                relu1=act_layer(),
+                conv2=conv_layer(out_channels, out_channels, 3, stride=1, padding=1, bias=False),
+                bn2=norm_layer(out_channels),
             )
         )
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ShortcutA(in_channels, out_channels, stride)
         else:
             self.shortcut = nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.branch(x) + self.shortcut(x))
@@ -139,27 +190,22 @@ class NFBlock(nn.Module):
         alpha: float,
         beta: float,
         skip_gain_init: float,
-        gamma: float,
-        ws_eps: float,
-        ws: bool = True,
+        conv_layer: ConvLayer = ScaledStdConv2d,  # Scaled WS, or nn.Conv2d (the no-WS control)
+        act_layer: Callable[[], nn.Module] = ScaledReLU,
     ):
         super().__init__()
         self.alpha = alpha
         self.beta = beta
-
-        def conv(cin, cout, k, **kwargs):  # Scaled WS, or a plain conv (the no-WS control)
-            return ScaledStdConv2d(cin, cout, k, eps=ws_eps, **kwargs) if ws else nn.Conv2d(cin, cout, k, **kwargs)
-
-        self.preact = ScaledReLU(gamma)
+        self.preact = act_layer()
         self.branch = nn.Sequential(
             OrderedDict(
-                conv1=conv(in_channels, out_channels, 3, stride=stride, padding=1),
-                relu1=ScaledReLU(gamma),
-                conv2=conv(out_channels, out_channels, 3, padding=1),
+                conv1=conv_layer(in_channels, out_channels, 3, stride=stride, padding=1),
+                relu1=act_layer(),
+                conv2=conv_layer(out_channels, out_channels, 3, padding=1),
             )
         )
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = conv(in_channels, out_channels, 1, stride=stride)
+            self.shortcut = conv_layer(in_channels, out_channels, 1, stride=stride)
         else:
             self.shortcut = None
         self.skip_gain = nn.Parameter(torch.tensor(float(skip_gain_init)))
@@ -182,16 +228,12 @@ class CifarResNet(nn.Module):
         self.config = config
         c = config
         w1, w2, w3 = c.widths
-        nf = c.norm in NF_NORMS
-        ws = c.norm in ("nf", "ws")  # Scaled WS convs
-        gamma = c.gamma if ws else 1.0  # without Scaled WS the init carries the ReLU's gain
-        if ws:
-            self.conv1 = ScaledStdConv2d(c.in_channels, w1, 3, padding=1, bias=nf, eps=c.ws_eps)
-        else:
-            self.conv1 = nn.Conv2d(c.in_channels, w1, 3, padding=1, bias=nf)
-        self.bn1 = nn.BatchNorm2d(w1) if c.norm == "bn" else nn.Identity()
+        layers = layers_for(c)
+        nf = layers.nf
+        self.conv1 = layers.conv_layer(c.in_channels, w1, 3, padding=1, bias=nf)
+        self.bn1 = layers.norm_layer(w1)
         # NF blocks pre-activate their input, so the stem ends at the conv there.
-        self.relu = nn.Identity() if nf else nn.ReLU(inplace=True)
+        self.relu = nn.Identity() if nf else layers.act_layer()
 
         expected_var = 1.0  # NF: analytic Var(h) at the input of the next block
         in_channels = w1
@@ -208,19 +250,27 @@ class CifarResNet(nn.Module):
                             alpha=c.alpha,
                             beta=expected_var**0.5,
                             skip_gain_init=c.skip_gain_init,
-                            gamma=gamma,
-                            ws_eps=c.ws_eps,
-                            ws=ws,
+                            conv_layer=layers.conv_layer,
+                            act_layer=layers.act_layer,
                         )
                     )
                     if index == 0:
                         expected_var = 1.0  # the transition block's output restarts the recursion
                     expected_var += c.alpha**2
                 else:
-                    blocks.append(BasicBlock(in_channels, width, s, c.norm, c.ws_eps))
+                    blocks.append(
+                        BasicBlock(
+                            in_channels,
+                            width,
+                            s,
+                            conv_layer=layers.conv_layer,
+                            norm_layer=layers.norm_layer,
+                            act_layer=layers.act_layer,
+                        )
+                    )
                 in_channels = width
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
-        self.final_act = ScaledReLU(gamma) if nf else nn.Identity()
+        self.final_act = layers.act_layer() if nf else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, c.num_classes)
         initialize(self, c.init)

@@ -4,6 +4,7 @@ from .activations import (
     CHANNEL_STATISTICS,
     LAYER_STATISTICS,
     ActivationProbe,
+    ChannelMoments,
     HookPoint,
     activation_statistics,
     channel_moments,
@@ -12,7 +13,6 @@ from .activations import (
 from .gradients import weight_gradients
 from .landscape import (
     DIVERGENCE_THRESHOLD,
-    ChannelMoments,
     LandscapeProbe,
     UpdateDirection,
     channel_moments_along_update,

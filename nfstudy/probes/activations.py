@@ -42,10 +42,12 @@ __all__ = [
     "CHANNEL_STATISTICS",
     "LAYER_STATISTICS",
     "ActivationProbe",
+    "ChannelMoments",
     "HookPoint",
     "activation_statistics",
     "channel_moments",
     "channel_sums",
+    "channel_var_mean",
     "finish_sums",
     "hook_points",
     "moments_from_sums",
@@ -232,7 +234,7 @@ class ActivationProbe:
 
     # ------------------------------------------------------------------ hooks
 
-    def __enter__(self) -> "ActivationProbe":
+    def __enter__(self) -> ActivationProbe:
         try:
             self._register()
         except BaseException:
@@ -270,18 +272,21 @@ class ActivationProbe:
     def _output_hook(self, index: int, site: str):
         def hook(module, args, output):
             if isinstance(output, torch.Tensor):
-                with torch.no_grad():
-                    self._pending.append((index, site, _per_channel(output), *plane_partials(output, self.accumulate)))
+                self._record(index, site, output)
 
         return hook
 
     def _input_hook(self, index: int):
         def hook(module, args):
             if args and isinstance(args[0], torch.Tensor):
-                with torch.no_grad():
-                    self._pending.append((index, "output", _per_channel(args[0]), *plane_partials(args[0], self.accumulate)))
+                self._record(index, "output", args[0])
 
         return hook
+
+    def _record(self, index: int, site: str, x: torch.Tensor) -> None:
+        """What a hook keeps of activation ``x``: its per-plane partial sums, on the device."""
+        with torch.no_grad():
+            self._pending.append((index, site, _per_channel(x), *plane_partials(x, self.accumulate)))
 
     def _flush(self) -> None:
         """End of a forward pass: finish the sums of all layers of one shape at once (a
@@ -374,6 +379,42 @@ class ActivationProbe:
         if not frames:
             return pd.DataFrame(columns=columns)
         return pd.concat(frames, ignore_index=True)[columns]
+
+
+def channel_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(mean, biased variance)`` of ``x`` over every dim but 1, two-pass
+    (``torch.var_mean``) in float64 (float32 on MPS, which has none), on ``x``'s device:
+    exact where the one-pass sums of :func:`channel_moments` lose digits, and free of host
+    transfers, so it runs inside ``torch.func.vmap``."""
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    var, mean = torch.var_mean(x.detach().to(dtype).transpose(0, 1).flatten(1), dim=1, correction=0)  # channels x rest
+    return mean, var
+
+
+class ChannelMoments(ActivationProbe):
+    """The moments of a few weight layers, kept on the device: :class:`ActivationProbe`'s
+    hooks (layer selection, registration, removal on exit) with :func:`channel_var_mean`
+    as the reduction and no host transfer, so the landscape probe can record them for
+    several step sizes in one vectorised forward pass (Bjorck et al. Fig. 4).
+
+    ``layers`` are 1-based weight-layer depths (:func:`hook_points`). Use as a context
+    manager; after each forward pass :attr:`last` maps layer -> ``(mean, var)``, tensors
+    on the device (batched under ``vmap``). Nothing goes to :meth:`frame`.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]):
+        self.layers = tuple(layers)
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in self.layers):
+            raise TypeError(f"layers must be weight-layer depths (ints), got {list(self.layers)!r}")
+        super().__init__(model, list(self.layers))  # checks every layer first
+        self.names = {p.depth: p.name for p in self.points}
+        self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _record(self, index: int, site: str, x: torch.Tensor) -> None:
+        self.last[self.points[index].depth] = channel_var_mean(x)
+
+    def _flush(self) -> None:  # the moments stay on the device, in self.last
+        pass
 
 
 def activation_statistics(

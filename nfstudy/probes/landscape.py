@@ -5,47 +5,38 @@ arXiv 1806.02375), section 3: early in training, take a tentative step of size `
 along the update direction ``d`` and compare the loss on the *same* mini-batch,
 ``L(theta - eta * d) / L(theta)``, for many ``eta``. With BatchNorm the loss falls over a
 wide range of step sizes; without it, it explodes past a small one. A relative loss
-above ``1e3`` (or a non-finite one) counts as divergence, as in the paper.
+above :data:`DIVERGENCE_THRESHOLD` (or a non-finite one) counts as divergence, as in the paper.
 
-``d`` is what ``torch.optim.SGD.step()`` would apply with ``lr = 1``: weight decay added
-to the gradient, then the momentum buffer (``buf = momentum * buf + (1 - dampening) * g``,
-``buf = g`` at the first step), Nesterov and ``maximize`` as SGD does them. That is what
-the public reproduction (PAPERS.md seed 004) measured by calling the optimizer with
-``lr = eta`` for each ``eta`` and restoring model and optimizer from disk in between.
-Here, without that waste:
+``d`` is the step ``optimizer.step()`` would take with ``lr = 1``
+(:class:`~nfstudy.probes.update.UpdateDirection`, clipped as the training step clips).
+The public reproduction (PAPERS.md seed 004) measured the same by calling the optimizer
+with ``lr = eta`` for each ``eta`` and restoring model and optimizer from disk in
+between (tests/_reference.py keeps that method). Here, without that waste:
 
-* one forward and one backward pass per probed batch give ``L(theta)`` and ``d``
-  (``torch.autograd.grad``; ``.grad`` and ``optimizer.state`` are read, never written);
+* one forward and one backward pass per probed batch give ``L(theta)`` and ``d``;
 * each step size costs one forward pass, through ``torch.func.functional_call`` with
   ``theta.add(d, alpha=-eta)`` (SGD's own arithmetic), so the module's parameters are
   never modified; with ``chunk_size > 1`` several step sizes share one vectorised
   forward pass (``torch.func.vmap`` over stacked parameter sets: worth it on a GPU);
 * BatchNorm runs in the mode the training step uses (train mode: the batch's
-  statistics), with the running statistics frozen (``track_running_stats`` is off for
-  the duration), so they are not updated.
+  statistics), with the running statistics frozen, so they are not updated.
 
 The parameters, buffers, ``.grad`` and optimizer state are afterwards bit for bit what
-they were (tests/test_landscape.py checks it).
+they were (tests/test_landscape.py checks it). Clipping by AGC, value or norm does not
+depend on the learning rate, so one clipped ``d`` serves every step size.
 
-A network trained with gradient clipping (``clip``, the training engine's hook: a
-callable that rescales ``.grad`` in place, e.g. ``nfstudy.clip.GradientClipper``) takes
-the step of the *clipped* gradient: ``d`` is then SGD's update built from ``clip``'s
-output (clipping first, then weight decay and momentum, in the order of a training step
-``loss.backward(); clip(model); optimizer.step()``). Clipping by AGC, value or norm does
-not depend on the learning rate, so one clipped ``d`` serves every step size.
-
-:class:`ChannelMoments` records per-channel means and variances of chosen weight layers'
-outputs (forward hooks, reduced on the device) for Fig. 4: the activations along
-fractions 0..1 of one diverging update.
+:func:`relative_loss_during_training` trains with the engine's step
+(:func:`nfstudy.train.backward_and_step`) and probes chosen mini-batches on the way (Fig.
+3); :func:`channel_moments_along_update` records per-channel moments of chosen layers
+(:class:`~nfstudy.probes.activations.ChannelMoments`) along fractions 0..1 of one update
+(Fig. 4).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,8 +46,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..constants import DIVERGENCE
-from ..models.surgery import get_layer
 from ..runtime import progress
+from ..train import backward_and_step
+from ._state import frozen_batchnorm_statistics, training_mode
+from .activations import ChannelMoments
+from .update import ClipFn, LossFn, UpdateDirection, clipped_gradients, sgd_update_direction
 
 __all__ = [
     "DIVERGENCE_THRESHOLD",
@@ -70,15 +64,11 @@ __all__ = [
     "evaluate_along_update",
     "frozen_batchnorm_statistics",
     "relative_loss_along_update",
-    "relative_loss_by_trial_steps",
     "relative_loss_during_training",
     "sgd_update_direction",
 ]
 
 DIVERGENCE_THRESHOLD = DIVERGENCE  # a relative loss above this (or not finite) is divergence
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ClipFn = Callable[[nn.Module], Any]  # rescales the model's .grad in place (nfstudy.clip.GradientClipper)
 
 
 # --------------------------------------------------------------------------- checks
@@ -101,192 +91,6 @@ def default_chunk_size(device: torch.device | str) -> int:
     """Step sizes per forward pass: one on a CPU (a vmapped conv becomes a grouped conv,
     no faster there), 16 on an accelerator, where a batch of step sizes fills the device."""
     return 1 if torch.device(device).type == "cpu" else 16
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """BatchNorm normalises as its mode says (train: the batch's statistics) but does not
-    update its running statistics or ``num_batches_tracked`` while inside."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.track_running_stats = True
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, train: bool) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.train(train)
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-# --------------------------------------------------------------------------- the update direction
-
-
-def sgd_update_direction(
-    optimizer: torch.optim.Optimizer, grads: dict[torch.Tensor, torch.Tensor | None]
-) -> dict[torch.Tensor, torch.Tensor]:
-    """``{parameter: d}`` such that ``optimizer.step()``, with these gradients, would set
-    ``p <- p - lr * d``; parameters without a gradient are left out (SGD skips them).
-
-    Pure: ``optimizer.state`` (the momentum buffers) is read, never written. The
-    arithmetic is ``torch.optim.SGD``'s own, operation by operation.
-    """
-    if not isinstance(optimizer, torch.optim.SGD):
-        raise TypeError(
-            f"the update direction is implemented for torch.optim.SGD, got {type(optimizer).__name__}: "
-            "probe with SGD (momentum and weight decay are supported)"
-        )
-    directions = {}
-    for group in optimizer.param_groups:
-        wd, momentum = group["weight_decay"], group["momentum"]
-        dampening, nesterov, maximize = group["dampening"], group["nesterov"], group.get("maximize", False)
-        for p in group["params"]:
-            g = grads.get(p)
-            if g is None:
-                continue
-            g = -g if maximize else g
-            if wd != 0:
-                g = g.add(p.detach(), alpha=wd)
-            if momentum != 0:
-                buf = optimizer.state.get(p, {}).get("momentum_buffer")
-                buf = g.clone() if buf is None else buf.mul(momentum).add_(g, alpha=1 - dampening)
-                g = g.add(buf, alpha=momentum) if nesterov else buf
-            directions[p] = g
-    return directions
-
-
-def clipped_gradients(
-    model: nn.Module, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], clip: ClipFn
-) -> list[torch.Tensor | None]:
-    """What ``clip(model)`` makes of the gradients ``grads`` of ``params``, with ``.grad``
-    left as it was: the gradients are lent to ``.grad`` for the call (the clipper sees them
-    exactly as after ``loss.backward()``, head exclusion and all), then taken back."""
-    saved = [p.grad for p in params]
-    try:
-        for p, g in zip(params, grads):
-            p.grad = g
-        clip(model)
-        return [p.grad for p in params]
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
-
-
-@dataclass(frozen=True)
-class UpdateDirection:
-    """What one optimizer step on a mini-batch would do: ``theta <- theta - lr * direction``.
-
-    ``params`` are the live parameters (detached views, not copies): use the direction
-    before the model is trained further.
-    """
-
-    names: tuple[str, ...]  # names in model.named_parameters()
-    params: tuple[torch.Tensor, ...]
-    directions: tuple[torch.Tensor, ...]
-    loss: torch.Tensor  # the batch's loss at theta: 0-dim, on the device
-
-    @classmethod
-    def compute(
-        cls,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        loss_fn: LossFn = F.cross_entropy,
-        train: bool = True,
-        clip: ClipFn | None = None,
-    ) -> "UpdateDirection":
-        """One forward and one backward pass on ``(images, labels)``; no state changes.
-
-        ``clip``: the training step's gradient clipping (``clip(model)`` between backward and
-        ``optimizer.step()``); the direction is then the one the clipped step takes.
-        """
-        names = {p: n for n, p in model.named_parameters(remove_duplicate=False)}
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        missing = [i for i, p in enumerate(params) if p not in names]
-        if missing:
-            raise ValueError(f"{len(missing)} of the optimizer's parameters are not parameters of the model")
-        with _mode(model, train), frozen_batchnorm_statistics(model), torch.enable_grad():
-            loss = loss_fn(model(images), labels)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        if clip is not None:
-            grads = clipped_gradients(model, params, grads, clip)
-        directions = sgd_update_direction(optimizer, dict(zip(params, grads)))
-        moved = [p for p in params if p in directions]
-        return cls(
-            names=tuple(names[p] for p in moved),
-            params=tuple(p.detach() for p in moved),
-            directions=tuple(directions[p].detach() for p in moved),
-            loss=loss.detach(),
-        )
-
-    def params_at(self, step_size: float) -> dict[str, torch.Tensor]:
-        """``theta - step_size * d``, computed as SGD computes it (``p.add(d, alpha=-lr)``)."""
-        return {n: p.add(d, alpha=-float(step_size)) for n, p, d in zip(self.names, self.params, self.directions)}
-
-    def stacked_params_at(self, step_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``theta - eta_k * d`` for every ``eta_k``, stacked along a new first dimension."""
-        out = {}
-        for n, p, d in zip(self.names, self.params, self.directions):
-            eta = step_sizes.to(device=p.device, dtype=p.dtype).view(-1, *([1] * p.dim()))
-            out[n] = torch.addcmul(p.unsqueeze(0), eta, d.unsqueeze(0), value=-1)
-        return out
-
-    def norm(self) -> torch.Tensor:
-        """``||d||`` over every parameter: a 0-dim tensor on the device (float64 where it exists)."""
-        dtype = torch.float32 if self.loss.device.type == "mps" else torch.float64
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d, dtype=dtype) for d in self.directions]))
-
-
-# --------------------------------------------------------------------------- per-channel statistics
-
-
-class ChannelMoments:
-    """Per-channel mean and (biased) variance of the outputs of chosen weight layers.
-
-    ``layers`` are 1-based weight-layer depths (:func:`nfstudy.models.weight_layers`);
-    a channel's moments reduce over every dimension but dim 1 (N, H, W for a conv),
-    on the device, in float64 so that exploding activations stay measurable. Use as a
-    context manager; after each forward pass :attr:`last` maps layer -> ``(mean, var)``.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[int]):
-        self.layers = tuple(layers)
-        self.names = {k: get_layer(model, k).name for k in self.layers}  # checks every layer first
-        self.modules = {k: get_layer(model, k).module for k in self.layers}
-        self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._handles = []
-
-    @staticmethod
-    def moments(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = torch.float32 if output.device.type == "mps" else torch.float64  # MPS has no float64
-        x = output.detach().to(dtype).transpose(0, 1).flatten(1)  # channels x everything else
-        var, mean = torch.var_mean(x, dim=1, correction=0)
-        return mean, var
-
-    def _hook(self, layer: int):
-        def hook(module, inputs, output):
-            self.last[layer] = self.moments(output)
-
-        return hook
-
-    def __enter__(self) -> "ChannelMoments":
-        self._handles = [m.register_forward_hook(self._hook(k)) for k, m in self.modules.items()]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 # --------------------------------------------------------------------------- evaluating along the update
@@ -320,7 +124,7 @@ def evaluate_along_update(
 
     losses, found = [], {k: ([], []) for k in layers}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_mode(model, train))
+        stack.enter_context(training_mode(model, train))
         stack.enter_context(frozen_batchnorm_statistics(model))
         stack.enter_context(torch.no_grad())
         if moments is not None:
@@ -393,9 +197,7 @@ def relative_loss_along_update(
     """
     steps = check_step_sizes(step_sizes)
     update = UpdateDirection.compute(model, optimizer, images, labels, loss_fn, train, clip=clip)
-    losses, _ = evaluate_along_update(
-        model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size
-    )
+    losses, _ = evaluate_along_update(model, update, images, labels, steps, loss_fn=loss_fn, train=train, chunk_size=chunk_size)
     # One transfer for the whole probe; the ratio in float64 of the two float32 losses.
     norm = update.norm()
     values = torch.cat([norm.reshape(1), update.loss.reshape(1).to(norm.dtype), losses.to(norm.dtype)])
@@ -459,11 +261,9 @@ def relative_loss_during_training(
             bar.update()
             break
         model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(images), labels).backward()
-        if clip is not None:
-            clip(model)
-        optimizer.step()
+        if index == 0:
+            optimizer.zero_grad(set_to_none=True)  # stale gradients must not add to the first step's
+        backward_and_step(model, optimizer, loss_fn(model(images), labels), clip)  # the engine's step; no .grad after
         bar.update()
     bar.close()
     if len(frames) < len(wanted):
@@ -537,51 +337,3 @@ def channel_moments_along_update(
             )
         )
     return pd.concat(rows, ignore_index=True), loss_table
-
-
-# --------------------------------------------------------------------------- the reference method
-
-
-def relative_loss_by_trial_steps(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    step_sizes,
-    folder,
-    *,
-    loss_fn: LossFn = F.cross_entropy,
-) -> np.ndarray:
-    """The public reproduction's method (PAPERS.md seed 004, ``fig3``), kept as the
-    reference that tests and benchmarks/bench_landscape.py compare against. Slow on purpose.
-
-    For each step size: save model and optimizer to ``folder`` with ``torch.save``, set the
-    learning rate, forward, backward, ``optimizer.step()``, evaluate the loss on the same
-    batch, restore both with ``torch.load``. Like the original it stops at the first
-    non-finite loss; the step sizes it did not evaluate (and that one) are NaN.
-    """
-    from pathlib import Path
-
-    steps = check_step_sizes(step_sizes).tolist()
-    model_file, optimizer_file = Path(folder) / "model_state.tmp", Path(folder) / "optimizer_state.tmp"
-    torch.save(model.state_dict(), model_file)
-    torch.save(optimizer.state_dict(), optimizer_file)
-    relative = np.full(len(steps), np.nan)
-    model.train()
-    for i, lr in enumerate(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad()
-        current_loss = loss_fn(model(images), labels)
-        current_loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            tmp_loss = loss_fn(model(images), labels)
-        relative[i] = (tmp_loss / current_loss).item()
-        model.load_state_dict(torch.load(model_file))
-        optimizer.load_state_dict(torch.load(optimizer_file))
-        if not math.isfinite(tmp_loss.item()):
-            relative[i] = np.nan
-            break
-    optimizer.zero_grad()
-    return relative

@@ -37,7 +37,7 @@ class LogitGradients:
     labels: torch.Tensor
     loss: float  # mean loss over the images
 
-    def cpu(self) -> "LogitGradients":
+    def cpu(self) -> LogitGradients:
         """The same on the host (one transfer per tensor)."""
         return LogitGradients(self.gradients.cpu(), self.logits.cpu(), self.labels.cpu(), self.loss)
 
