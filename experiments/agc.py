@@ -62,7 +62,7 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import split_agc
-from nfstudy.train import TrainConfig, train
+from nfstudy.train import HISTORY_DESCRIPTIONS, TrainConfig, train
 
 from ._common import NetworkParams, check_fuse, check_network_params, history_table, make_resnet, train_group, use_fused
 
@@ -219,14 +219,7 @@ TABLES = {
         "agc_lambda": "as in summary",
         "batch_size": "as in summary",
         "base_lr": "as in summary",
-        "epoch": "epochs completed",
-        "step": "SGD updates completed",
-        "progress_pct": "step as a percentage of the budget",
-        "lr": "the learning rate at this epoch",
-        "train_loss": "training loss (mean over the epoch's batches)",
-        "train_accuracy": "training accuracy, in [0, 1]",
-        "test_loss": "loss on the test split",
-        "test_accuracy": "accuracy on the test split, in [0, 1]",
+        **HISTORY_DESCRIPTIONS,
     },
 }
 

@@ -55,7 +55,7 @@ from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
-from nfstudy.train import PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
+from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
 from ._common import NetworkParams, check_fuse, check_network_params, history_table, make_resnet, train_group, use_fused
 
@@ -182,14 +182,7 @@ TABLES = {
         "norm": "bn | none | ws | nf",
         "base_lr": "the series' learning rate before the step decays",
         "agc_lambda": "AGC clipping threshold of a +agc series; NaN: unclipped (absent from tables older than the AGC series)",
-        "epoch": "epochs completed",
-        "step": "SGD updates completed",
-        "progress_pct": "step as a percentage of the budget",
-        "lr": "the learning rate at this epoch",
-        "train_loss": "training loss (mean over the epoch's batches)",
-        "train_accuracy": "training accuracy, in [0, 1]",
-        "test_loss": "loss on the test split",
-        "test_accuracy": "accuracy on the test split, in [0, 1]",
+        **HISTORY_DESCRIPTIONS,
     },
     "outcomes": {  # one row per series
         "series": "as in history",

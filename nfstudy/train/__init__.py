@@ -59,12 +59,13 @@ from .cli import _parser, main  # noqa: F401  (_parser: tests/test_readme.py che
 from .config import PRECISIONS, TrainConfig
 from .distributed import init_distributed
 from .fused import SHARED_FIELDS, train_fused
-from .loop import HISTORY_COLUMNS, TrainResult, backward_and_step, evaluate, train
+from .loop import HISTORY_COLUMNS, HISTORY_DESCRIPTIONS, TrainResult, backward_and_step, evaluate, train
 from .schedule import PLATEAU_METRICS, accuracy_has_plateaued, has_plateaued, learning_rate, milestone_epochs
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "HISTORY_COLUMNS",
+    "HISTORY_DESCRIPTIONS",
     "PERFORMANCE_FIELDS",
     "PLATEAU_METRICS",
     "PRECISIONS",

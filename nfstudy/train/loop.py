@@ -46,18 +46,20 @@ from .config import TrainConfig
 from .distributed import all_reduce, rank_and_world
 from .schedule import learning_rate, milestone_epochs, plateaued, warmup_rate
 
-__all__ = ["HISTORY_COLUMNS", "LoopState", "TrainResult", "backward_and_step", "evaluate", "history_frame", "train"]
+__all__ = ["HISTORY_COLUMNS", "HISTORY_DESCRIPTIONS", "LoopState", "TrainResult", "backward_and_step", "evaluate", "history_frame", "train"]
 
-HISTORY_COLUMNS = [
-    "epoch",
-    "step",
-    "progress_pct",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-]
+# What each history.csv column of the engine means (figures' TABLES take these, one owner).
+HISTORY_DESCRIPTIONS = {
+    "epoch": "epochs completed",
+    "step": "SGD updates completed",
+    "progress_pct": "step as a percentage of the budget",
+    "lr": "the learning rate at this epoch",
+    "train_loss": "training loss (mean over the epoch's batches)",
+    "train_accuracy": "training accuracy, in [0, 1]",
+    "test_loss": "loss on the test split",
+    "test_accuracy": "accuracy on the test split, in [0, 1]",
+}
+HISTORY_COLUMNS = list(HISTORY_DESCRIPTIONS)
 
 ClipFn = Callable[[nn.Module], Any]  # rescales the model's .grad in place (nfstudy.clip.GradientClipper)
 
