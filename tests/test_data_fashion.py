@@ -145,8 +145,10 @@ def test_where_it_is_looked_for(nowhere, monkeypatch):
     monkeypatch.setenv("NFSTUDY_FASHION_MNIST", str(tmp / "empty"))
     with pytest.raises(DatasetNotFoundError, match=rf"not in NFSTUDY_FASHION_MNIST={tmp / 'empty'}\. Offline"):
         find_fashion_mnist(download=True)  # no download where the user named a folder
-    # an explicit folder wins over the variable
+    # an explicit folder wins over the variable, and is named as given when it lacks the files
     assert find_fashion_mnist(tmp / "debian") == tmp / "debian"
+    with pytest.raises(DatasetNotFoundError, match=rf"not in {tmp / 'empty'}/\. Offline"):
+        find_fashion_mnist(tmp / "empty")
 
 
 def test_a_folder_missing_a_file_is_named_and_skipped(nowhere):

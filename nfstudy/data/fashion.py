@@ -129,19 +129,20 @@ def find_fashion_mnist(folder: str | os.PathLike | None = None, download: bool |
     Raises :class:`DatasetNotFoundError`, one line naming where it looked and both ways to
     get the files. The files' checksums are checked when they are read (:func:`load_fashion`)."""
     root = data_root()
+    named = f"{folder}/" if folder is not None else f"{FASHION_MNIST_ENV}={os.environ.get(FASHION_MNIST_ENV)}"
     folder = folder if folder is not None else os.environ.get(FASHION_MNIST_ENV) or None
-    if download is None:
-        download = os.environ.get("NFSTUDY_OFFLINE", "0") in ("", "0")
+    offline = download is None and os.environ.get("NFSTUDY_OFFLINE", "0") not in ("", "0")
+    download = not offline if download is None else download
     candidates = [Path(folder).expanduser()] if folder else [root / "fashion-mnist", root / "FashionMNIST" / "raw", FASHION_MNIST_DEBIAN]
     for candidate in candidates:
         if all(_file_in(candidate, name) for name in FASHION_MNIST_MD5):
             return candidate
     partial = [c for c in candidates if any(_file_in(c, name) for name in FASHION_MNIST_MD5)]
     lacking = "; ".join(f"{c} lacks {', '.join(n for n in FASHION_MNIST_MD5 if not _file_in(c, n))}" for c in partial)
-    looked = f"{FASHION_MNIST_ENV}={candidates[0]}" if folder else ", ".join(f"{c}/" for c in candidates)
+    looked = named if folder else ", ".join(f"{c}/" for c in candidates)
     why = f" ({lacking})" if lacking else ""
     if folder or not download:
-        note = "" if folder else " (NFSTUDY_OFFLINE=1: no download tried)"
+        note = "" if folder else " (NFSTUDY_OFFLINE=1: no download tried)" if offline else " (no download asked for)"
         raise DatasetNotFoundError(f"Fashion-MNIST is not in {looked}{why}{note}. {_how_to_get(root)}")
     try:
         _download(root)
