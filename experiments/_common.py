@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, TRAIN_IMAGES
+from nfstudy.data import check_dataset, train_images
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
 from nfstudy.params import check_choice, check_positive
 from nfstudy.series import network_of, split_agc
@@ -26,7 +26,9 @@ class NetworkParams:
     depth of its ResNet (:func:`make_resnet`). A figure's ``Params`` subclasses this and adds
     its own; a figure with another default redeclares the field, which keeps its place."""
 
-    dataset: str = "cifar10"  # the images: cifar10 (the papers') | digits (bundled, 8x8) | synthetic
+    # the images: cifar10 (the papers') | fashion (Fashion-MNIST, padded to 32x32) | digits (bundled, 8x8) | synthetic |
+    # imagefolder:PATH (your own: PATH/train/CLASS/*.png, PATH/test/CLASS/*.png)
+    dataset: str = "cifar10"
     depth: int = 110  # ResNet depth, 6n+2 (the paper's ResNet-110)
 
 
@@ -61,9 +63,10 @@ def check_depth(depth) -> None:
 
 def check_batch_fits(params) -> None:
     """Every batch size of ``params`` (``batch_size``, ``batch_sizes``) fits in the training
-    images of its dataset (a mini-batch larger than the data set cannot be drawn)."""
-    available = TRAIN_IMAGES[params.dataset]
+    images of its dataset (a mini-batch larger than the data set cannot be drawn); an image
+    folder's are counted from its files, so a missing split or empty class fails here."""
     sizes = [getattr(params, "batch_size", None), *getattr(params, "batch_sizes", ())]
+    available = train_images(params.dataset)
     for size in sizes:
         if isinstance(size, int) and size > available:
             raise ValueError(f"batch size {size} exceeds the {available} training images of {params.dataset}: use at most {available}")
@@ -71,12 +74,13 @@ def check_batch_fits(params) -> None:
 
 def check_network_params(params, *, norm_series: bool = True) -> None:
     """The checks every figure's ``Params`` share, each error naming the valid choices:
-    ``dataset``, ``init``, ``depth`` (6n+2 for the CIFAR ResNet) and, where the figure has
-    them, ``batch_size`` (at most the dataset's training images), ``networks`` and
-    ``image_size`` (32 with CIFAR-10); ``series`` not empty and, with ``norm_series``, every
-    entry a norm. A figure with a ``model`` parameter: the model must exist, have that
-    ``depth`` and support the norm of every series (e.g. ``torchvision_resnet``: bn and none only)."""
-    check_choice("dataset", params.dataset, DATASETS)
+    ``dataset`` (a name, or ``imagefolder:PATH`` with its folders there), ``init``, ``depth``
+    (6n+2 for the CIFAR ResNet) and, where the figure has them, ``batch_size`` (at most the
+    dataset's training images), ``networks`` and ``image_size`` (32 with CIFAR-10);
+    ``series`` not empty and, with ``norm_series``, every entry a norm. A figure with a
+    ``model`` parameter: the model must exist, have that ``depth`` and support the norm of
+    every series (e.g. ``torchvision_resnet``: bn and none only)."""
+    check_dataset(params.dataset)
     check_choice("init", params.init, INITS)
     if model_name(params) == DEFAULT_MODEL:
         check_depth(params.depth)
