@@ -72,7 +72,14 @@ NOT_RUN = {
     "pip install -e '.[cluster]'": "installs from a package index (network)",
     "python3 -m pip install -q --no-index --no-deps --target /tmp/site '.whl/*.whl'": "needs the wheels make gpu-wheels downloads",
     "export 'PYTHONPATH=$PWD:/tmp/site'": "sets the environment of the shell it runs in, for the gpu-check after it",
+    "cd /tmp '&&' apt-get download dataset-fashion-mnist '&&' dpkg-deb -x 'dataset-fashion-mnist_*.deb' /tmp/fmnist": (
+        "downloads a Debian package (network)"
+    ),
+    "export NFSTUDY_FASHION_MNIST=/tmp/fmnist/usr/share/datasets/fashion-mnist": "sets the environment of the shell, for the runs after it",
 }
+# make commands on the reader's own data: dry-run, and their parameters resolve up to the data
+# itself, which is not here: the error must name that folder and nothing else.
+OWN_DATA = {"make fig2 DATASET=imagefolder:/data/my-images 'PARAMS=-p batch_size 64'": "/data/my-images"}
 
 
 def _env(command: str) -> dict[str, str]:
@@ -130,7 +137,7 @@ def test_every_command_is_run_dry_run_or_listed_with_a_reason():
         assert command in RUN or command in NOT_RUN or _words(command)[0] == "make", (
             f"{command!r} is shown in the docs but neither run by this test (RUN) nor listed with a reason (NOT_RUN)"
         )
-    stale = sorted((set(RUN) | set(NOT_RUN)) - set(ALL_COMMANDS))
+    stale = sorted((set(RUN) | set(NOT_RUN) | set(OWN_DATA)) - set(ALL_COMMANDS))
     assert not stale, f"no longer in the docs: {stale}"
     assert all(reason.strip() for reason in NOT_RUN.values())
 
@@ -143,7 +150,13 @@ def test_make_command(command):
     for line in done.stdout.splitlines():  # every figure run it would start
         if " -m nfstudy run " in line:
             argv = shlex.split(line)
-            check_nfstudy(argv[argv.index("nfstudy") + 1 :])
+            if command in OWN_DATA:
+                from nfstudy.data import DatasetNotFoundError
+
+                with pytest.raises(DatasetNotFoundError, match=re.escape(OWN_DATA[command])):
+                    check_nfstudy(argv[argv.index("nfstudy") + 1 :])
+            else:
+                check_nfstudy(argv[argv.index("nfstudy") + 1 :])
             runs += 1
     target = next(w for w in _words(command)[1:] if not w.startswith("-") and "=" not in w)
     if target in nfstudy_experiments.FIGURES:
