@@ -30,6 +30,7 @@ help:
 	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) GPUS=$(GPUS) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
 	@echo "make figs | report | bench | setup"
 	@echo "make setup-system | gpu-check   a machine with its own CUDA torch, offline (docs/gpu.md)"
+	@echo "NFSTUDY_RESULTS=/tmp/mine make ...  results there, not in the committed gallery results/"
 
 setup: $(STAMP)
 
@@ -97,3 +98,11 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Anything else (a mistyped figure, `make fig9`): name it and list what there is, instead of
+# make's bare "No rule to make target". .DEFAULT applies only where no rule does: files that
+# exist are up to date, and the figures' seed targets (fig2-seed3) keep their pattern rule.
+.DEFAULT:
+	@echo "make: no target '$@' (nor a file of that name). Figures: $(FIGURES)." >&2
+	@echo "      Targets: quick test report figs bench setup help; make <figure> PROFILE=quick SEEDS=\"0 1\"" >&2
+	@exit 2

@@ -1,6 +1,6 @@
 """``python -m nfstudy``: list figures, run them through their notebooks, aggregate seeds.
 
-    python -m nfstudy list [--markdown]
+    python -m nfstudy list [fig2 ...] [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
     python -m nfstudy aggregate fig2 --profile quick
@@ -335,13 +335,16 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
 
 def _cmd_list(args) -> int:
+    from .params import check_choice
+
+    names = [check_choice("figure", f, figures_available()) for f in args.figures] or list(figures_available())
+    modules = {figure: load_figure(figure) for figure in dict.fromkeys(names)}
     if args.markdown:  # the generated reference, docs/reference.md
         from .reference import markdown
 
-        sys.stdout.write(markdown(figure_modules()))
+        sys.stdout.write(markdown(modules))
         return 0
-    for figure in figures_available():
-        module = load_figure(figure)
+    for figure, module in modules.items():
         print(f"{figure}: {module.TITLE}")
         profiles = module.PROFILES
         for field in dataclasses.fields(module.Params):
@@ -401,6 +404,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="figures and their parameters per profile")
+    listing.add_argument("figures", nargs="*", metavar="FIGURE", help="only these figures (default: every one)")
     listing.add_argument("--markdown", action="store_true", help="the reference page (docs/reference.md) in Markdown")
     listing.set_defaults(func=_cmd_list)
 
