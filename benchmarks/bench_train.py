@@ -152,10 +152,14 @@ FUSED_GRIDS: dict[str, list[Shape]] = {
     "full": [Shape("fig1 paper", "resnet110", norm, 32, 128, (2, 4, 8, 16), variants=True) for norm in ("bn", "none", "nf")]
     + [Shape("agc paper", "resnet56", "nf", 32, b, (2, 6), steps=AGC_STEPS[b]) for b in AGC_BATCHES],
     # The GPU default, a few minutes on an H100/H200 (bounded further by --budget-s): fig1's
-    # shapes at N = 2, 4, 8, 16 with one run's variants, then the AGC figure's groups of 6,
+    # shapes at N = 2, 4, 8, 16 (and 3, fig1's groups of BN and no-BN series) with one run's
+    # variants, then the AGC figure's groups of 6,
     # the batches in the order that fills in the cost table soonest, the largest last.
-    "gpu": [Shape("fig1 paper", "resnet110", norm, 32, 128, (2, 4, 8, 16), variants=True) for norm in ("bn", "none", "nf")]
+    "gpu": [Shape("fig1 paper", "resnet110", norm, 32, 128, (2, 3, 4, 8, 16), variants=True) for norm in ("bn", "none")]
+    + [Shape("fig1 paper", "resnet110", "nf", 32, 128, (2, 4, 8, 16), variants=True)]
     + [Shape("agc paper", "resnet56", "nf", 32, b, (6,), steps=AGC_STEPS[b]) for b in (256, 1024, 512, 2048, 4096)],
+    # fig1's own groups (bn x 3, none x 3, nf x 2): the step times tools/bench_tables.py --fig1-epochs reads.
+    "fig1": [Shape("fig1 paper", "resnet110", norm, 32, 128, (n,)) for norm, n in (("bn", 3), ("none", 3), ("nf", 2))],
     # One run's variants of the paper network alone (e.g. --variants compile, in a process of its own).
     "variants": [Shape("fig1 paper", "resnet110", "bn", 32, 128, (), variants=True)],
     # Seconds on a CPU: the code path of every measurement (tests, a dry run of a GPU session).
