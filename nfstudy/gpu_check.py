@@ -219,6 +219,7 @@ def plan(root: Path, out: Path, device: str = "cuda", python: str | None = None)
         ]
         steps.append(Step(f"figure:{figure}", command, budget, _claims_numbers(runs / figure / "paper")))
     bench = [python, str(root / "benchmarks" / "bench_train.py"), "--device", device, *BENCH_ARGS]
+    bench += ["--jsonl", str(out / "logs" / "bench-train.jsonl")]  # its records, for tools/bench_tables.py
     steps.append(Step("bench-train", bench, BENCH_BUDGET_S, _bench_numbers, exclusive=True))
     return steps
 
@@ -253,6 +254,31 @@ def environment(device: str = "cuda") -> dict[str, Any]:
     return found
 
 
+# The steps' processes now running: each is a session of its own, which a signal to the check
+# does not reach, so the check stops them itself when it is stopped (stop_running_steps).
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
+
+
+def stop_running_steps(signum: int, frame: Any = None) -> None:
+    """A SIGTERM/SIGINT handler: kill every running step's process group, then exit (128 +
+    the signal). Without it a check stopped from outside (``timeout``, a scheduler) would
+    leave its steps running on the GPU, beside whatever comes next."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        _kill(process)
+    print(f"[gpu-check] stopped by signal {signum}: killed {len(running)} running step(s)", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
 def run_step(step: Step, log: Path, budget_s: float, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """Run one step's command under ``budget_s``; its output goes to ``log``. Returns its
     summary row."""
@@ -272,12 +298,17 @@ def run_step(step: Step, log: Path, budget_s: float, env: dict[str, str] | None 
         # A session of its own, so that a step over its budget is stopped with everything it
         # started (a notebook's kernel, a benchmark's workers).
         process = subprocess.Popen(step.command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             code = process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill(process)
             process.wait()
             code = None
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
     row["seconds"] = round(time.monotonic() - start, 2)
     output = log.read_text(errors="replace")
     if code is None:
@@ -447,7 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": [],
     }
     print(f"[gpu-check] {len(steps)} steps, {jobs} at a time, {args.budget_s:.0f} s in all -> {out / 'summary.json'}", file=sys.stderr)
-    run_steps(steps, out, summary, budget_s=args.budget_s, jobs=jobs, device=args.device, env=env, cwd=root, dry_run=args.dry_run)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop_running_steps) if main_thread else None
+    try:
+        run_steps(steps, out, summary, budget_s=args.budget_s, jobs=jobs, device=args.device, env=env, cwd=root, dry_run=args.dry_run)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(f"[gpu-check] {'all ok' if summary['ok'] else 'NOT ok'} in {summary['seconds']:.0f} s: {out / 'summary.json'}", file=sys.stderr)
     return 0 if summary["ok"] or args.dry_run else 1
 

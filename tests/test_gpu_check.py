@@ -148,3 +148,22 @@ def test_default_jobs_four_on_a_16_core_gpu_machine_one_on_a_cpu():
     assert gpu_check.default_jobs("cuda", cpus=2) == 1 and gpu_check.default_jobs("cpu", cpus=16) == 1
     steps = gpu_check.plan(ROOT, ROOT / "unused", "cuda", python="PY")
     assert [s.name for s in steps if s.exclusive] == ["bench-train"]
+
+
+def test_a_stopped_check_kills_its_running_steps(tmp_path):
+    """Each step is a session of its own, out of reach of a signal to the check: the check's
+    SIGTERM handler kills them (else they would run on beside whatever comes next)."""
+    import signal
+    import subprocess
+
+    step = subprocess.Popen([sys.executable, "-c", SLEEPER, str(tmp_path / "orphan"), "30"], start_new_session=True)
+    gpu_check._RUNNING.add(step)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            gpu_check.stop_running_steps(signal.SIGTERM)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert step.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        gpu_check._RUNNING.discard(step)
+        if step.poll() is None:
+            step.kill()
