@@ -102,11 +102,19 @@ def test_tables_from_a_cpu_run_of_the_fused_benchmark(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={"NFSTUDY_PROGRESS": "0", **__import__("os").environ})
     assert done.returncode == 1, done.stderr  # the CUDA graph variant cannot run here: a failed measurement
     records = bench_tables.read_records([jsonl])
-    assert [r["kind"] for r in records] == ["env", "variant", "error", "fused"]
+    assert [r["kind"] for r in records] == ["env", "started", "variant", "started", "error", "fused"]
     text = bench_tables.markdown(records)
     f = records[-1]
     assert f"| smoke | resnet8 | nf | 32 | 2 | {f['alone_steps_per_s']:.2f} | {f['fused_steps_per_s']:.2f} | **{f['ratio']:.2f}x**" in text
-    v = records[1]
+    v = records[2]
     assert f"| smoke | resnet8 | nf | 32 | eager fp32 | {v['ms_per_step']:.2f} |" in text
     assert "cuda graph | RuntimeError: the cuda graph variant needs a CUDA device" in text
     assert "no GPU" in text.splitlines()[0]
+
+
+def test_a_variant_that_started_and_never_ended_is_reported_unfinished():
+    started = {"bench": "bench_train", "kind": "started", "label": "fig1 paper", "model": "resnet110", "norm": "bn", "batch": 128, "n": 1}
+    done = {**started, "kind": "variant", "variant": "eager fp32", "ms_per_step": 10.0, "steps_per_s": 100.0, "image": 32}
+    text = bench_tables.markdown([{**started, "variant": "eager fp32"}, done, {**started, "variant": "compile"}])
+    unfinished = [line for line in text.splitlines() if "unfinished" in line]
+    assert len(unfinished) == 1 and "compile" in unfinished[0] and "stopped at its time limit" in unfinished[0]

@@ -243,6 +243,10 @@ def machine(records: list[dict]) -> str:
     )
 
 
+def _variant_key(r: dict) -> tuple:
+    return (r.get("bench"), r.get("label"), r.get("model"), r.get("norm"), r.get("batch"), r.get("n"), r.get("variant"))
+
+
 def markdown(records: list[dict], summary: dict | None = None, seeds: int = 5) -> str:
     out = [f"Machine: {machine(records)}"]
     if summary:
@@ -412,6 +416,10 @@ def markdown(records: list[dict], summary: dict | None = None, seeds: int = 5) -
                 ),
             ]
     problems = [r for r in records if r.get("kind") in ("error", "skipped")]
+    ended = {_variant_key(r) for r in records if r.get("kind") in ("variant", "error", "skipped")}
+    for r in records:  # a variant that started and never ended: its process was stopped (at its time limit)
+        if r.get("kind") == "started" and _variant_key(r) not in ended:
+            problems.append({**r, "kind": "unfinished", "reason": "started, never ended: stopped at its time limit?"})
     if problems:
         rows = [
             [

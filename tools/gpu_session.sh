@@ -99,7 +99,7 @@ start_log() {
     mkdir -p "$OUT_DIR"
     OUT_DIR=$(cd "$OUT_DIR" && pwd)
     exec > >(tee -a "$OUT_DIR/session.log") 2>&1
-    say "$WHAT on $(hostname), deadline ${DEADLINE_S}s, device $DEVICE, smoke $SMOKE, out $OUT_DIR"
+    say "$WHAT on $(uname -n), deadline ${DEADLINE_S}s, device $DEVICE, smoke $SMOKE, out $OUT_DIR"
     export NFSTUDY_PROGRESS=0 MPLBACKEND=Agg PYTHONUNBUFFERED=1 NFSTUDY_OFFLINE=1
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     install || {
@@ -228,9 +228,10 @@ cmd_fig1() {
     local smoke_params=()
     [ "$SMOKE" = 1 ] && smoke_params=(-p depth 8)
     if [ -z "${EPOCHS:-}" ]; then # calibrate: fig1's three fused groups, 20 steps each
-        local calibration="$OUT_DIR/fig1_step_times.jsonl" grid=fig1
+        local calibration="$OUT_DIR/calibration/fig1_step_times.jsonl" grid=fig1
         [ "$SMOKE" = 1 ] && grid=smoke
-        phase fig1-calibrate 90 "$OUT_DIR/fig1_calibration.log" $PYTHON benchmarks/bench_train.py --fused --device "$DEVICE" \
+        mkdir -p "$OUT_DIR/calibration"
+        phase fig1-calibrate 90 "$OUT_DIR/calibration/bench_train.log" $PYTHON benchmarks/bench_train.py --fused --device "$DEVICE" \
             --grid $grid --rounds 1 --variants "" --jsonl "$calibration"
         # seconds of training: what is left, less ~60 s for the kernel, the data, the plots and packing
         local seconds=$(($(left) - 60))
@@ -250,23 +251,33 @@ cmd_fig1() {
     phase fig1 "$(left)" - $PYTHON -m nfstudy run fig1 --profile paper --seed 0 --device "$DEVICE" "${data_args[@]}" --results "$RESULTS" \
         -p fuse on -p epochs "$EPOCHS" -p extend_until_plateau False "${smoke_params[@]}"
     local seed="$RESULTS/fig1/paper/seed=0"
-    for f in outcomes.csv claims.csv history.csv run.json; do
+    for f in outcomes.csv claims.csv run.json; do
         [ -f "$seed/$f" ] && cp "$seed/$f" "$OUT_DIR/$f"
     done
     [ -f "$RESULTS/fig1/paper/claims.csv" ] && cp "$RESULTS/fig1/paper/claims.csv" "$OUT_DIR/claims_over_seeds.csv"
     # the whole folder, the attempt of a failed run included (its per-series history.csv), without checkpoints
-    pack_files "$OUT_DIR/fig1.tar.gz" "$RESULTS/fig1/paper"
+    pack_files "$OUT_DIR/fig1.tar.gz" "$RESULTS/fig1/paper" "$OUT_DIR/calibration"
+    rm -rf "$OUT_DIR/calibration"
     finish
 }
 
-# pack_files ARCHIVE PATH...: a .tar.gz of the paths that exist, without checkpoints.
+# pack_files ARCHIVE PATH...: a .tar.gz of the paths that exist, each under its own name
+# (results/gpu_check -> gpu_check/...), without checkpoints; at most 15 MB.
 pack_files() {
     local archive=$1 p
     shift
-    local paths=()
-    for p in "$@"; do [ -e "$p" ] && paths+=("$p"); done
-    ((${#paths[@]})) || return 0
-    tar czf "$archive" --exclude='*.pt' --exclude='checkpoints' --exclude='*.tmp' "${paths[@]}" 2>/dev/null
+    local members=()
+    for p in "$@"; do [ -e "$p" ] && members+=(-C "$(dirname "$p")" "$(basename "$p")"); done
+    ((${#members[@]})) || return 0
+    local skip=(--exclude='*.pt' --exclude='checkpoints' --exclude='*.tmp')
+    tar czf "$archive" "${skip[@]}" "${members[@]}" 2>/dev/null
+    if [ "$(stat -c %s "$archive")" -gt $((15 * 1024 * 1024)) ]; then # a file that comes back is at most 16 MB
+        say "$archive is over 15 MB: packed again without notebooks and files over 1 MB (listed in $archive.left-out)"
+        for p in "$@"; do
+            [ -e "$p" ] && (cd "$(dirname "$p")" && find "$(basename "$p")" -type f \( -name '*.ipynb' -o -size +1M \))
+        done >"$archive.left-out"
+        tar czf "$archive" "${skip[@]}" -X "$archive.left-out" "${members[@]}" 2>/dev/null
+    fi
     say "packed $(du -h "$archive" | cut -f1) into $archive"
 }
 
