@@ -19,15 +19,19 @@ per round and as the median.
     python benchmarks/bench_train.py --device cuda --model resnet110 --images 50000
 
 Fused multi-run training (``--fused``): steps/s of N runs trained as one stacked network
-(:func:`nfstudy.train.train_fused`) against the same N runs one after another
-(:func:`nfstudy.train.train`), interleaved per round, on the figures' shapes; each
-training step of each run counts as one step. On CUDA (``--grid full``) also one run's
-steps/s eager fp32, bf16 autocast + channels_last, ``torch.compile`` and CUDA graphs
-(``torch.compile(mode="reduce-overhead")``), and N up to 16.
+(:func:`nfstudy.train.train_fused`) against one run through :func:`nfstudy.train.train` (N
+runs one after another have its steps/s), interleaved per round, after an untimed warm-up of
+each shape and N, on the figures' shapes; each training step of each run counts as one step.
+On rows with ``variants``, one run's step is also timed bare (forward, backward, SGD step) as
+``--variants`` says: eager fp32, bf16 autocast + channels_last, one CUDA graph, torch.compile.
+``--budget-s`` starts no measurement after that many seconds; ``--jsonl`` writes one record
+per measurement (tools/bench_tables.py); a measurement that fails (out of memory, a variant
+this device cannot run) is recorded and the grid goes on.
 
     python benchmarks/bench_train.py --fused                 # CPU: the quick profiles' shapes (--grid quick)
     python benchmarks/bench_train.py --fused --grid cpu      # the paper shapes at N = 2 (ResNet-110; ResNet-56 at batch 256)
-    python benchmarks/bench_train.py --fused --device cuda   # the full grid (--grid full)
+    python benchmarks/bench_train.py --fused --device cuda --budget-s 90 --jsonl b.jsonl   # GPU: --grid gpu
+    python benchmarks/bench_train.py --fused --device cuda --grid variants --variants compile --jsonl b.jsonl
 """
 
 from __future__ import annotations

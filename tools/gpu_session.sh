@@ -15,7 +15,7 @@
 #                                          calibration) -> fig1.tar.gz, outcomes.csv, claims.csv, ...
 #
 # Settings (environment): OUT_DIR (default results/gpu_session), PYTHON (python3), DEVICE (cuda),
-# DEADLINE_S (the whole command's seconds: check 420, bench 240, fig1 300), WHEELS (.whl),
+# DEADLINE_S (the whole command's seconds: check 390, bench 240, fig1 270), WHEELS (.whl),
 # FASHION_DIR (data/fashion-mnist), FIG1_DATASET (fashion), EPOCHS, FIG1_SECONDS (200),
 # RESULTS (results: the fig1 run's results root), GPU_CHECK (more gpu-check options),
 # SMOKE=1 (a rehearsal on a CPU: DEVICE=cpu, tiny sizes, the same phases and files).
@@ -37,9 +37,9 @@ T0=$(date +%s)
 PHASES=()
 
 case "$WHAT" in
-check) DEADLINE_S=${DEADLINE_S:-420} ;;
+check) DEADLINE_S=${DEADLINE_S:-390} ;;
 bench) DEADLINE_S=${DEADLINE_S:-240} ;;
-fig1) DEADLINE_S=${DEADLINE_S:-300} ;;
+fig1) DEADLINE_S=${DEADLINE_S:-270} ;;
 pack) DEADLINE_S=${DEADLINE_S:-900} ;;
 *)
     sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -134,7 +134,7 @@ benchmarks() {
         compile_args=(--grid variants --variants compile)
     fi
     # The fused grid stops starting measurements 30 s before its limit (one may take that long).
-    local cap=120 l
+    local cap=100 l
     l=$(left)
     ((cap > l)) && cap=$l
     phase bench-fused "$cap" "$logs/bench_train_fused.log" $PYTHON benchmarks/bench_train.py --fused --device "$DEVICE" \
@@ -187,7 +187,7 @@ cmd_check() {
     start_log
     # The check ends itself 10 s before its limit; on the GPU each step gets 1.5x its budget
     # (the first run on this GPU: a timeout there would cost a second session).
-    local cap=210 l scale=${SCALE:-1.5} gpu_args=(--out results/gpu_check)
+    local cap=180 l scale=${SCALE:-1.5} gpu_args=(--out results/gpu_check)
     l=$(left)
     ((cap > l)) && cap=$l
     if [ "$SMOKE" = 1 ]; then # a CPU rehearsal: two figures side by side, the CUDA tests (skipped here)
