@@ -106,7 +106,7 @@ def _run(tmp_path, steps, jobs, budget_s=60.0):
 
 
 def test_steps_run_jobs_at_a_time_and_an_exclusive_step_alone(tmp_path):
-    steps = [_sleeper(tmp_path, n, 1.5) for n in ("a", "b", "c")] + [_sleeper(tmp_path, "bench", 0.2, exclusive=True)]
+    steps = [_sleeper(tmp_path, n, 3.0) for n in ("a", "b", "c")] + [_sleeper(tmp_path, "bench", 0.2, exclusive=True)]
     summary = _run(tmp_path, steps, jobs=3)
     assert summary["ok"] and [r["name"] for r in summary["steps"]] == ["a", "b", "c", "bench"]
     spans = {n: _interval(tmp_path, n) for n in ("a", "b", "c", "bench")}
