@@ -18,7 +18,8 @@
 # Settings (environment): OUT_DIR (default results/gpu_session), PYTHON (python3), DEVICE (cuda),
 # DEADLINE_S (the whole command's seconds: check 390, bench 240, gpucheck 200, fig1 270), WHEELS (.whl),
 # FASHION_DIR (data/fashion-mnist), FIG1_DATASET (fashion), EPOCHS, FIG1_SECONDS (180),
-# RESULTS (results: the fig1 run's results root), GPU_CHECK (more gpu-check options),
+# RESULTS (results: the fig1 run's results root), GPU_CHECK (more gpu-check options), GIT_COMMIT (logged
+# where the checkout has no .git),
 # SMOKE=1 (a rehearsal on a CPU: DEVICE=cpu, tiny sizes, the same phases and files).
 set -uo pipefail
 
@@ -104,7 +105,7 @@ start_log() {
     TEE_PID=$!
     # at exit, close the pipe and let tee write the log's last lines before the files are taken
     trap 'exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null' EXIT
-    say "$WHAT on $(uname -n), deadline ${DEADLINE_S}s, device $DEVICE, smoke $SMOKE, out $OUT_DIR"
+    say "$WHAT on $(uname -n), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown: no .git here, set GIT_COMMIT}"), deadline ${DEADLINE_S}s, device $DEVICE, smoke $SMOKE, out $OUT_DIR"
     export NFSTUDY_PROGRESS=0 MPLBACKEND=Agg PYTHONUNBUFFERED=1 NFSTUDY_OFFLINE=1
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     install || say "the wheels did not install: the figures (papermill) will fail; the benchmarks need none of them"
