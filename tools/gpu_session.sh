@@ -240,7 +240,8 @@ cmd_fig1() {
         [ -d "$FASHION_DIR" ] && export NFSTUDY_FASHION_MNIST=${NFSTUDY_FASHION_MNIST:-$(cd "$FASHION_DIR" && pwd)}
     fi
     local smoke_params=()
-    [ "$SMOKE" = 1 ] && smoke_params=(-p depth 8)
+    # a rehearsal: ResNet-8, two BN series (fused) and the no-BN one that diverges, one epoch
+    [ "$SMOKE" = 1 ] && smoke_params=(-p depth 8 -p series "['bn@0.1','bn@0.003','none@0.1']")
     if [ -z "${EPOCHS:-}" ]; then # calibrate: fig1's three fused groups, 20 steps each
         local calibration="$OUT_DIR/calibration/fig1_step_times.jsonl" grid=fig1
         [ "$SMOKE" = 1 ] && grid=smoke
