@@ -270,21 +270,21 @@ cmd_fig1() {
         [ -f "$seed/$f" ] && cp "$seed/$f" "$OUT_DIR/$f"
     done
     [ -f "$RESULTS/fig1/paper/claims.csv" ] && cp "$RESULTS/fig1/paper/claims.csv" "$OUT_DIR/claims_over_seeds.csv"
-    # the whole folder, the attempt of a failed run included (its per-series history.csv), without checkpoints
+    # the whole folder, a stopped run's attempt included (its per-series history.csv), without checkpoint weights
     pack_files "$OUT_DIR/fig1.tar.gz" "$RESULTS/fig1/paper" "$OUT_DIR/calibration"
     rm -rf "$OUT_DIR/calibration"
     finish
 }
 
 # pack_files ARCHIVE PATH...: a .tar.gz of the paths that exist, each under its own name
-# (results/gpu_check -> gpu_check/...), without checkpoints; at most 15 MB.
+# (results/gpu_check -> gpu_check/...), without checkpoint weights (*.pt); at most 15 MB.
 pack_files() {
     local archive=$1 p
     shift
     local members=()
     for p in "$@"; do [ -e "$p" ] && members+=(-C "$(dirname "$p")" "$(basename "$p")"); done
     ((${#members[@]})) || return 0
-    local skip=(--exclude='*.pt' --exclude='checkpoints' --exclude='*.tmp')
+    local skip=(--exclude='*.pt' --exclude='*.tmp') # checkpoints' weights; their history.csv stays (a run stopped mid-way)
     tar czf "$archive" "${skip[@]}" "${members[@]}" 2>/dev/null
     if [ "$(stat -c %s "$archive")" -gt $((15 * 1024 * 1024)) ]; then # a file that comes back is at most 16 MB
         say "$archive is over 15 MB: packed again without notebooks and files over 1 MB (listed in $archive.left-out)"
