@@ -20,7 +20,7 @@ NF    := $(PY) -m nfstudy
 # A figure exists when its papermill template does: notebooks/<figure>.ipynb.
 FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
 
-.PHONY: help setup setup-system gpu-wheels gpu-check test quick figs report bench lock clean $(FIGURES)
+.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick figs report bench lock clean $(FIGURES)
 .DEFAULT_GOAL := help
 
 help:
@@ -57,12 +57,22 @@ setup-system:
 gpu-wheels:
 	tools/gpu_wheels.sh .whl
 
+# What a GPU session brings (docs/gpu.md): the wheels and Fashion-MNIST's files (data/fashion-mnist/).
+gpu-pack:
+	tools/gpu_session.sh pack
+
 # One call on a GPU machine, <= 8 minutes: CUDA tests, every figure's paper profile at a
-# reduced size, the training benchmark -> results/gpu_check/summary.json (nfstudy/gpu_check.py).
-# Runs with the venv when there is one (setup-system), else with $(PYTHON) and this checkout.
+# reduced size (4 at a time on 16 cores), the training benchmark -> results/gpu_check/summary.json
+# (nfstudy/gpu_check.py). Runs with the venv when there is one (setup-system), else with
+# $(PYTHON) and this checkout.
 GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m nfstudy.gpu_check $(GPU_CHECK)
+
+# The GPU benchmarks, bounded (fused N, landscape, AGC, torch.compile; ~4 minutes) ->
+# results/gpu_session/{bench.jsonl,tables.md} (tools/gpu_session.sh bench; tools/bench_tables.py).
+gpu-bench:
+	PYTHON=$(GPU_PY) tools/gpu_session.sh bench results/gpu_session
 
 test: $(STAMP)
 	$(PY) -m pytest -q
