@@ -374,7 +374,8 @@ def plot(tables: dict[str, pd.DataFrame]):
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
         ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
         ax.set_yscale("log")
-        ax.set_title(f"loss / loss before, lr={lr:.3g}", fontsize=8.5)
+        lrs = losses.loc[losses["series"] == s, "lr"].unique()
+        ax.set_title(f"loss / loss before, lr={lr:.3g}" if len(lrs) == 1 else "loss / loss before, each seed's lr", fontsize=8.5)
         # Average channel variance per layer.
         ax = axes[2 * i + 1][-1]
         lv = layer_variance(moments[moments["series"] == s])
@@ -409,13 +410,16 @@ def _protocol_note(protocol: pd.DataFrame | None) -> str:
         f"(the smallest lr whose full update passes a relative loss of {onset['threshold'].iloc[0]:g}, bisected)"
     )
     if len(ok):
-        text += (
-            f"; lr {ok['lr'].min():.3g}-{ok['lr'].max():.3g}, relative loss {ok['relative_loss'].min():.4g}-{ok['relative_loss'].max():.4g}"
-        )
+        text += f"; lr {_span(ok['lr'], '.3g')}, relative loss {_span(ok['relative_loss'], '.4g')}"
     if len(ok) < len(protocol):
         missed = protocol.loc[protocol["outcome"] != "bracketed", "outcome"].unique()
         text += f"; {len(protocol) - len(ok)} seed(s) without a bracketed onset: {', '.join(missed)}"
     return text
+
+
+def _span(values: pd.Series, spec: str) -> str:
+    low, high = format(values.min(), spec), format(values.max(), spec)
+    return low if low == high else f"{low}-{high}"
 
 
 def _line(ax, x, values: np.ndarray, color, n_seeds: int, label: str | None = None) -> None:

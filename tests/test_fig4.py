@@ -253,10 +253,15 @@ def test_papermill_run_writes_every_contract_file(results_root):
     assert main(["run", "fig4", "--profile", "quick", "--seed", "0", "--device", "cpu", *TINY]) == 0
     folder = results_root / "fig4" / "quick" / "seed=0"
     names = {p.name for p in folder.iterdir()}
-    assert names == {"fig4.ipynb", "run.json", "channel_moments.csv", "update_loss.csv", "claims.csv", "fig4.png"}
+    tables = ("channel_moments", "update_loss", "lr_protocol", "lr_search")
+    assert names == {"fig4.ipynb", "run.json", "claims.csv", "fig4.png", *(f"{name}.csv" for name in tables)}
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
-    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("channel_moments", "update_loss")}
+    tables = {name: pd.read_csv(folder / f"{name}.csv") for name in tables}
     assert len(tables["channel_moments"]) == 2 * 3 * (16 + 32 + 64)
+    # the protocol read back from the files: the lr every series took, found by the search
+    (protocol,) = tables["lr_protocol"].to_dict("records")
+    assert protocol["outcome"] == "bracketed" and len(tables["lr_search"]) == protocol["n_scan"] + protocol["n_bisect"]
+    assert (tables["update_loss"]["lr"] == protocol["lr"]).all()
     claims = pd.read_csv(folder / "claims.csv")
     np.testing.assert_allclose(claims["value"], [c.value for c in fig4.claims(tables)])
     assert (results_root / "fig4" / "quick" / "fig4.png").stat().st_size > 10_000
