@@ -16,8 +16,8 @@ seeds 0-4. So the update is defined by how far it overshoots, not by its learnin
 that update, the smallest lr at which the relative loss after the full update (the loss on
 the same batch after / before) first passes ``divergence_threshold`` = 1e3, the paper's own
 definition of divergence (its Fig. 3: a loss above 10^3 x the loss before diverged). The
-paper places the blow-up of deep activations at exactly this point ("an early onset of
-divergence"). Found by :func:`nfstudy.probes.divergence_onset`: a scan of lrs from
+paper's abstract says deep activations "explode" during "an early on-set of divergence"; the
+earliest update that diverges by the paper's own criterion is that onset. Found by :func:`nfstudy.probes.divergence_onset`: a scan of lrs from
 10^-5.5 to 10^0.5 (the step sizes Figure 3 probes) every half decade, upward, to the first
 that diverges, then bisection on log10(lr) between it and the one below until the two are
 within ``lr_tolerance_decades`` = 0.005 decades (1.2% in lr: ~7 more forward passes); the
