@@ -17,17 +17,18 @@ that update, the smallest lr at which the relative loss after the full update (t
 the same batch after / before) first passes ``divergence_threshold`` = 1e3, the paper's own
 definition of divergence (its Fig. 3: a loss above 10^3 x the loss before diverged). The
 paper's abstract says deep activations "explode" during "an early on-set of divergence"; the
-earliest update that diverges by the paper's own criterion is that onset. Found by :func:`nfstudy.probes.divergence_onset`: a scan of lrs from
-10^-5.5 to 10^0.5 (the step sizes Figure 3 probes) every half decade, upward, to the first
-that diverges, then bisection on log10(lr) between it and the one below until the two are
-within ``lr_tolerance_decades`` = 0.005 decades (1.2% in lr: ~7 more forward passes); the
-update takes the smallest diverging lr found. Every seed's update therefore overshoots by
-the same criterion (relative loss just above 1e3). Outcomes other than a bracketed onset
-(the network does not diverge up to 10^0.5; it diverges already at 10^-5.5, so the overshoot
-is not known; the loss before is not finite) are recorded in ``lr_protocol`` and make the
-claims about "the diverging update" not evaluable. ``-p lr X`` fixes the learning rate
-instead (say ``-p lr 0.1``, BN's, where Fig. 1 says no BN diverges; with the inits here its
-activations then overflow float32 early in the update, and the heatmaps are mostly overflow).
+earliest update that diverges by the paper's own criterion is that onset. Found by
+:func:`nfstudy.probes.divergence_onset`: a scan of lrs from 10^-5.5 to 10^0.5 (the step
+sizes Figure 3 probes) every half decade, upward, to the first that diverges, then bisection
+on log10(lr) between it and the one below until the two are within ``lr_tolerance_decades``
+= 0.005 decades (1.2% in lr: ~7 more forward passes); the update takes the smallest
+diverging lr found. Every seed's update therefore overshoots by the same criterion (relative
+loss just above 1e3). Outcomes other than a bracketed onset (the network does not diverge up
+to 10^0.5; it diverges already at 10^-5.5, so the overshoot is not known; the loss before is
+not finite) are recorded in ``lr_protocol`` and make the claims about "the diverging update"
+not evaluable. ``-p lr X`` fixes the learning rate instead (say ``-p lr 0.1``, BN's, where
+Fig. 1 says no BN diverges; with the inits here its activations then overflow float32 early
+in the update, and the heatmaps are mostly overflow).
 
 The NF-ResNet takes the no-BN network's onset lr (``onset_series``), not its own: the
 extension claim is that the same step that makes the no-BN network diverge does not make
