@@ -263,9 +263,10 @@ def fig4_rows(init: str, s: Survey, device) -> list[dict]:
         n_fractions=s.fig4_fractions,
     )
     rows = []
-    for lr in (p.lr, *s.fig4_extra_lrs):
+    for lr in (p.lr, *s.fig4_extra_lrs):  # p.lr None: the figure's protocol (the onset of divergence)
         tables = fig4.run(replace(p, lr=lr), seed=s.seed, device=device)
-        data = f"{s.dataset} 32x32, batch {s.batch_size}, update {p.update}, {s.fig4_fractions} fractions, lr {lr:g}"
+        used = f"lr {tables['lr_protocol']['lr'].iloc[0]:.3g}" + (" (onset of divergence)" if lr is None else "")
+        data = f"{s.dataset} 32x32, batch {s.batch_size}, update {p.update}, {s.fig4_fractions} fractions, {used}"
         suffix = "" if lr == p.lr else f" (lr {lr:g})"
         m = tables["channel_moments"]
         loss = tables["update_loss"].sort_values("fraction")

@@ -262,3 +262,60 @@ def test_probing_gives_every_submodule_its_own_mode_back():
     assert {n: m.training for n, m in model.named_modules()} == modes
     activation_statistics(model, x, train=False)
     assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_divergence_onset_brackets_the_first_crossing_within_the_tolerance():
+    from nfstudy.probes import divergence_onset
+
+    model, optimizer, x, y = _setup("none", lr=1e-3, steps_taken=0)
+    before = _state(model, optimizer)
+    update = UpdateDirection.compute(model, optimizer, x, y)
+    # this ResNet-8 on noise diverges near lr 10-30 (its relative loss: 0.74 at 1, 38 at 10, 1e5 at 31.6)
+    found = divergence_onset(model, update, x, y, low=1e-3, high=1e3, scan_decades=0.5, tolerance_decades=0.01)
+    _assert_same_state(before, _state(model, optimizer))
+    assert found.outcome == "bracketed" and found.threshold == 1e3
+    assert found.relative_loss > 1e3 >= found.relative_loss_below  # the property the protocol promises
+    assert 0 < np.log10(found.step_size / found.step_below) <= 0.01
+    search = found.search
+    scan = search[search["phase"] == "scan"]
+    assert not scan["diverged"].iloc[:-1].any() and scan["diverged"].iloc[-1]  # the first crossing on the grid
+    assert len(search) - len(scan) == np.ceil(np.log2(0.5 / 0.01))
+    # every step tried below the onset stays below the threshold; every one above passes it
+    assert (search.loc[search["step_size"] < found.step_size, "relative_loss"] <= 1e3).all()
+    assert search.loc[search["step_size"] >= found.step_size, "diverged"].all()
+    # a real optimizer step at that lr gives the same relative loss (float32 losses: 1e-5)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for group in optimizer.param_groups:
+        group["lr"] = found.step_size
+    optimizer.step()
+    with torch.no_grad():
+        after = float(F.cross_entropy(model(x), y))
+    np.testing.assert_allclose(after / found.loss_before, found.relative_loss, rtol=1e-4)
+
+
+def test_divergence_onset_outside_the_range_is_an_outcome_not_a_loop():
+    from nfstudy.probes import divergence_onset
+
+    model, optimizer, x, y = _setup("none", lr=1e-3, steps_taken=0)
+    update = UpdateDirection.compute(model, optimizer, x, y)
+    # a range where this network cannot diverge: the scan ends, the largest step is the answer
+    calm = divergence_onset(model, update, x, y, low=1e-6, high=1e-4, scan_decades=0.5)
+    assert calm.outcome == "no divergence in range" and calm.step_size == 1e-4 and np.isnan(calm.step_below)
+    assert calm.search["step_size"].tolist() == pytest.approx([1e-6, 10**-5.5, 1e-5, 10**-4.5, 1e-4])
+    assert not calm.search["diverged"].any() and calm.relative_loss == calm.search["relative_loss"].iloc[-1] < 1e3
+    # a range that starts above the onset: one evaluation, the overshoot unknown
+    wild = divergence_onset(model, update, x, y, low=1e3, high=1e4)
+    assert wild.outcome == "diverged at the smallest step" and wild.step_size == 1e3 and len(wild.search) == 1
+    # a tolerance float64 cannot reach still ends (the bracket stops splitting)
+    fine = divergence_onset(model, update, x, y, low=1e-3, high=1e3, tolerance_decades=1e-300)
+    assert fine.outcome == "bracketed" and len(fine.search) < 13 + 80
+    assert fine.relative_loss > 1e3 >= fine.relative_loss_below
+    # nothing to compare with: no evaluation at all
+    inf_loss = UpdateDirection.compute(model, optimizer, x, y, loss_fn=lambda out, t: F.cross_entropy(out, t) * float("inf"))
+    lost = divergence_onset(model, inf_loss, x, y, low=1e-6, high=1.0)
+    assert lost.outcome == "loss before not finite" and lost.search.empty
+    with pytest.raises(ValueError, match="0 < low < high"):
+        divergence_onset(model, update, x, y, low=1.0, high=1.0)
+    with pytest.raises(ValueError, match="tolerance_decades must be > 0"):
+        divergence_onset(model, update, x, y, low=1e-6, high=1.0, tolerance_decades=0)

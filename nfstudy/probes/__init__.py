@@ -13,9 +13,12 @@ from .activations import (
 from .gradients import weight_gradients
 from .landscape import (
     DIVERGENCE_THRESHOLD,
+    ONSET_OUTCOMES,
+    DivergenceOnset,
     LandscapeProbe,
     UpdateDirection,
     channel_moments_along_update,
+    divergence_onset,
     relative_loss_along_update,
     relative_loss_during_training,
 )
@@ -25,8 +28,10 @@ __all__ = [
     "CHANNEL_STATISTICS",
     "DIVERGENCE_THRESHOLD",
     "LAYER_STATISTICS",
+    "ONSET_OUTCOMES",
     "ActivationProbe",
     "ChannelMoments",
+    "DivergenceOnset",
     "DominantClass",
     "HookPoint",
     "LandscapeProbe",
@@ -35,6 +40,7 @@ __all__ = [
     "activation_statistics",
     "channel_moments",
     "channel_moments_along_update",
+    "divergence_onset",
     "dominant_class",
     "epoch_logit_gradients",
     "hook_points",

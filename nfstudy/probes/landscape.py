@@ -29,7 +29,8 @@ depend on the learning rate, so one clipped ``d`` serves every step size.
 (:func:`nfstudy.train.backward_and_step`) and probes chosen mini-batches on the way (Fig.
 3); :func:`channel_moments_along_update` records per-channel moments of chosen layers
 (:class:`~nfstudy.probes.activations.ChannelMoments`) along fractions 0..1 of one update
-(Fig. 4).
+(Fig. 4); :func:`divergence_onset` finds the smallest step at which the relative loss passes
+the divergence threshold (a scan, then bisection on the log step: Fig. 4's update).
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ from .update import ClipFn, LossFn, UpdateDirection, clipped_gradients, sgd_upda
 
 __all__ = [
     "DIVERGENCE_THRESHOLD",
+    "ONSET_OUTCOMES",
     "ChannelMoments",
+    "DivergenceOnset",
     "LandscapeProbe",
     "UpdateDirection",
     "channel_moments_along_update",
     "check_step_sizes",
     "clipped_gradients",
     "default_chunk_size",
+    "divergence_onset",
     "evaluate_along_update",
     "frozen_batchnorm_statistics",
     "relative_loss_along_update",
@@ -337,3 +341,117 @@ def channel_moments_along_update(
             )
         )
     return pd.concat(rows, ignore_index=True), loss_table
+
+
+# --------------------------------------------------------------------------- the onset of divergence
+
+# How a search for the onset of divergence ended (DivergenceOnset.outcome).
+ONSET_OUTCOMES = ("bracketed", "no divergence in range", "diverged at the smallest step", "loss before not finite")
+
+
+@dataclass(frozen=True)
+class DivergenceOnset:
+    """The smallest step size along one update at which the relative loss passes a threshold.
+
+    ``outcome`` (:data:`ONSET_OUTCOMES`): ``"bracketed"``: ``step_size`` diverges and
+    ``step_below`` does not, within ``10**tolerance_decades`` of each other; ``"no divergence
+    in range"``: no step up to ``high`` diverges (``step_size = high``, the largest tried);
+    ``"diverged at the smallest step"``: ``low`` already diverges (``step_size = low``: the
+    onset lies below the range); ``"loss before not finite"``: nothing to compare with
+    (``step_size = low``, nothing evaluated).
+    """
+
+    outcome: str
+    step_size: float  # the step to take: the smallest found diverging (see outcome)
+    step_below: float  # the largest found not diverging below it (NaN: none)
+    relative_loss: float  # at step_size (NaN: not evaluated)
+    relative_loss_below: float  # at step_below (NaN: none)
+    loss_before: float
+    update_norm: float  # ||d||
+    threshold: float
+    tolerance_decades: float
+    search: pd.DataFrame  # one row per evaluation, in order: step, phase (scan | bisect), step_size, loss, relative_loss, diverged
+
+    @property
+    def bracketed(self) -> bool:
+        return self.outcome == "bracketed"
+
+
+def divergence_onset(
+    model: nn.Module,
+    update: UpdateDirection,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    low: float,
+    high: float,
+    scan_decades: float = 0.5,
+    tolerance_decades: float = 0.005,
+    threshold: float = DIVERGENCE_THRESHOLD,
+    loss_fn: LossFn = F.cross_entropy,
+    train: bool = True,
+) -> DivergenceOnset:
+    """The first step size ``eta`` in ``[low, high]`` at which ``L(theta - eta * d) / L(theta)``
+    passes ``threshold`` (or is not finite), on the batch ``update`` was computed on.
+
+    A scan upward from ``low`` in steps of ``scan_decades`` (and ``high`` last) stops at
+    the first diverging step; bisection on ``log10(eta)`` between it and the scan's step
+    before then narrows the bracket to ``tolerance_decades``: ``ceil(log2(scan_decades /
+    tolerance_decades))`` more forward passes. "First" holds to the scan's resolution: a
+    crossing and recrossing within one scan step is not seen. It always ends (a finite
+    scan; a bracket that halves, stopped too where float64 cannot split it) and never
+    raises on divergence. One forward pass per evaluation; no state changes.
+    """
+    low, high = float(low), float(high)
+    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
+        raise ValueError(f"the search range must be 0 < low < high, got low={low:g}, high={high:g}: e.g. low=10**-5.5, high=10**0.5")
+    for name, value in (("scan_decades", scan_decades), ("tolerance_decades", tolerance_decades)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(
+                f"{name} must be > 0 (decades of the step size), got {value!r}: e.g. scan_decades=0.5, tolerance_decades=0.005"
+            )
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite relative loss > 0, got {threshold!r}: the paper's is {DIVERGENCE_THRESHOLD:g}")
+    before = float(update.loss)
+    norm = float(update.norm())
+    rows = []
+
+    def relative(eta: float, phase: str) -> tuple[float, bool]:
+        losses, _ = evaluate_along_update(model, update, images, labels, [eta], loss_fn=loss_fn, train=train, chunk_size=1)
+        loss = float(losses[0])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            r = float(np.float64(loss) / np.float64(before))
+        diverged = not np.isfinite(r) or r > threshold
+        rows.append({"step": len(rows), "phase": phase, "step_size": eta, "loss": loss, "relative_loss": r, "diverged": diverged})
+        return r, diverged
+
+    def result(outcome, step, below=np.nan, r=np.nan, r_below=np.nan) -> DivergenceOnset:
+        search = pd.DataFrame(rows, columns=["step", "phase", "step_size", "loss", "relative_loss", "diverged"])
+        return DivergenceOnset(outcome, step, below, r, r_below, before, norm, float(threshold), float(tolerance_decades), search)
+
+    if not np.isfinite(before):
+        return result("loss before not finite", low)
+    logs = np.arange(np.log10(low), np.log10(high), scan_decades)
+    grid = [*(10.0**logs), high] if np.log10(high) - logs[-1] > 1e-9 else list(10.0**logs)
+    grid[0] = low  # exactly, not 10**log10(low)
+    below, r_below = np.nan, np.nan
+    for eta in grid:
+        r, diverged = relative(eta, "scan")
+        if diverged:
+            break
+        below, r_below = eta, r
+    else:
+        return result("no divergence in range", high, r=r)
+    if not np.isfinite(below):
+        return result("diverged at the smallest step", low, r=r)
+    hi, r_hi = eta, r
+    while np.log10(hi / below) > tolerance_decades:
+        mid = float(np.sqrt(below) * np.sqrt(hi))  # the geometric middle, without overflow
+        if not below < mid < hi:  # float64 cannot split the bracket further
+            break
+        r, diverged = relative(mid, "bisect")
+        if diverged:
+            hi, r_hi = mid, r
+        else:
+            below, r_below = mid, r
+    return result("bracketed", hi, below, r_hi, r_below)
