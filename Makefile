@@ -63,8 +63,11 @@ GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m nfstudy.gpu_check $(GPU_CHECK)
 
+# The suite, then its `numerics` tests (two code paths compared to a float32 tolerance) again
+# under the portable kernels, so that no tolerance holds only on this CPU's SIMD (DEVELOPERS.md).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m numerics
 
 # One target per (figure, seed) so that `make -j` runs seeds in parallel; the figure
 # target then draws the figure and the claims over every seed present.
