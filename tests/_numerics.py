@@ -18,7 +18,7 @@ the two. Where that worst case is affordable (AGC's units: tens to hundreds of v
 tests use it: they cannot fail from rounding on any CPU. A forward pass chains reductions of
 thousands of terms, where the worst case (every rounding going the same way) says nothing;
 there roundings of either sign add like a random walk, ``sqrt(n) * U32`` per reduction
-(:func:`forward_rtol`). Measured differences sit 10-1000x below either, while the errors the
+(:func:`forward_rtol`). Measured differences sit well below either (5-1000x), while the errors the
 tests are there to catch (a wrong unit, weight, batch, step or factor) are larger by orders
 of magnitude.
 """
