@@ -127,8 +127,9 @@ def test_the_quick_profile_extends_a_run_that_is_still_rising_and_not_one_that_h
 
 
 def test_agc_series_train_with_clipping():
-    # The same network, weights and batches, clipped and not: a threshold of 1e9 never clips and
-    # gives the unclipped run bit for bit; 0.01 changes every step after the first.
+    # The same network, weights and batches, clipped and not, one run at a time (the same kernels):
+    # a threshold of 1e9 never clips (a factor of exactly 1) and gives the unclipped run bit for
+    # bit; 0.01 changes every step after the first.
     series = ("nf@0.1", "nf+agc@0.1")
     loose = tiny_run(series=series, agc_lambda=1e9)
     tight = tiny_run(series=series, agc_lambda=0.01)
