@@ -226,6 +226,7 @@ def test_float64_and_mixed_precision_parameters():
         torch.testing.assert_close(p.grad, e, rtol=max(RANDOM_RTOL, torch.finfo(p.dtype).eps), atol=0)
 
 
+@pytest.mark.numerics
 def test_threads_clipping_same_shaped_models_do_not_share_buffers():
     from concurrent.futures import ThreadPoolExecutor
 
