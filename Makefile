@@ -74,8 +74,11 @@ gpu-check:
 gpu-bench:
 	PYTHON=$(GPU_PY) tools/gpu_session.sh bench results/gpu_session
 
+# The suite, then its `numerics` tests (two code paths compared to a float32 tolerance) again
+# under the portable kernels, so that no tolerance holds only on this CPU's SIMD (DEVELOPERS.md).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m numerics
 
 # One target per (figure, seed) so that `make -j` runs seeds in parallel; the figure
 # target then draws the figure and the claims over every seed present.

@@ -189,6 +189,11 @@ Y_CEILING = 1e6  # the paper's axis reaches 10^6; larger or non-finite values ar
 # The paper's magnitudes (PAPERS.md section D, read off Fig. 3 to a factor ~2); each claim's
 # band says how far from them it accepts.
 PAPER_STEPS = (1e-5, 1e-1)  # the step sizes the paper plots
+# A probed step within this relative distance of an end of PAPER_STEPS counts as inside:
+# a grid computed as 10**x lands a few float64 roundings (~1e-16 relative) off the decade
+# it aims at, on either side, and 1e-9 is far below any grid's spacing (a factor 1.2 at
+# 80 steps over 6 decades), so which steps count never depends on how the grid was computed.
+STEP_RTOL = 1e-9
 BN_LOWEST = 0.7  # BN: the minimum relative loss, near steps 0.03-0.1
 BN_HIGHEST = 3.0  # BN: the relative loss stays within ~0.65-3 over the plotted steps
 NO_BN_LOWEST = 0.1  # no BN, mini-batch 1: the minimum relative loss, near step 2e-4
@@ -313,7 +318,7 @@ def step_size_summary(df: pd.DataFrame) -> pd.DataFrame:
       its output collapse to the classifier's bias and the loss fall back to log(10),
       which is no sign of a forgiving landscape.
     * ``lowest``: the smallest relative loss in that band within the paper's plotted steps
-      (:data:`PAPER_STEPS`); the relative loss at the smallest step if the band is empty;
+      (:data:`PAPER_STEPS`, to :data:`STEP_RTOL`); the relative loss at the smallest step if the band is empty;
     * ``highest``: the largest relative loss within the paper's plotted steps (inf if one
       is not finite);
     * ``diverging_from``, ``exploding_from``: the smallest step size whose relative loss is
@@ -329,7 +334,7 @@ def step_size_summary(df: pd.DataFrame) -> pd.DataFrame:
         steps = g["step_size"].to_numpy(dtype=float)
         relative = _as_relative(g)
         band = np.cumprod(relative < 1.0 + LOSS_RESOLUTION).astype(bool)  # up to the first step that raises the loss
-        shown = (steps >= PAPER_STEPS[0]) & (steps <= PAPER_STEPS[1])
+        shown = (steps >= PAPER_STEPS[0] * (1 - STEP_RTOL)) & (steps <= PAPER_STEPS[1] * (1 + STEP_RTOL))
         lowering = band & (relative < 1.0)
         useful = lowering.any() and relative[band].min() < LOWERS
         diverged = g["diverged"].to_numpy(dtype=bool)

@@ -152,6 +152,8 @@ def normalize(per_seed: pd.DataFrame) -> pd.DataFrame:
 def _seed_outcome(n_evaluable: int, n_passed: int, n_seeds: int) -> str:
     if n_evaluable == 0 or 2 * n_evaluable < n_seeds:
         return "not evaluable"
+    # 4 of 5 is SEED_RULE to the bit only if 0.8 * 5 rounds to 4: a margin far below one seed
+    # and far above float64 rounding decides the tie for the rule, not for the rounding.
     return "passed" if n_passed >= SEED_RULE * n_evaluable - 1e-9 else "failed"
 
 

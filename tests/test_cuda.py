@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from _numerics import agc_rtol, forward_rtol
 
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
@@ -87,7 +88,8 @@ def _model_with_gradients(device):
 
 def test_agc_on_cuda_clips_as_on_the_cpu():
     """AGC's vectorised path (grouped unit norms, one clip factor per unit) on CUDA gives the
-    CPU's gradients; the order of the norms' reductions differs, hence rtol 1e-5."""
+    CPU's gradients; the order of the norms' reductions differs, hence tests/_numerics.py's
+    agc_rtol of a ResNet-8's largest unit (576 values): 6.9e-5."""
     with no_tf32():
         cpu = _model_with_gradients("cpu")
         gpu = copy.deepcopy(cpu).to(CUDA)
@@ -102,7 +104,7 @@ def test_agc_on_cuda_clips_as_on_the_cpu():
         if p_cpu.grad is None:  # a parameter this forward pass did not use
             assert p_gpu.grad is None
             continue
-        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-5, atol=1e-9, msg=name)
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=agc_rtol(576), atol=1e-9, msg=name)
         changed += not torch.equal(p_cpu.grad, before[name])
     assert changed > 0  # lambda 0.01 clips something: the comparison is not of untouched gradients
 
@@ -122,5 +124,7 @@ def test_the_landscape_probes_chunked_path_on_cuda_matches_one_step_size_at_a_ti
             probes[device, chunk] = relative_loss_along_update(model, optimizer, x.to(device), y.to(device), steps, chunk_size=chunk)
     reference = probes["cpu", 1].relative_loss
     assert len(reference) == 21 and (reference[0] == pytest.approx(1.0, abs=1e-2))
-    assert probes["cuda", None].relative_loss == pytest.approx(probes["cuda", 1].relative_loss, rel=1e-4)
+    # Chunked (vmapped) or not: a ratio of two forward passes of 16 reductions of <= 16384 terms
+    # (BatchNorm over 64 16x16 images) summed in other orders (tests/_numerics.py): 2.4e-4.
+    assert probes["cuda", None].relative_loss == pytest.approx(probes["cuda", 1].relative_loss, rel=2 * forward_rtol(16, 16384))
     assert probes["cuda", None].relative_loss == pytest.approx(reference, rel=1e-3)

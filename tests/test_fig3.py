@@ -123,6 +123,23 @@ def test_step_size_summary_reads_the_curves():
     assert summary.loc["noisy", "lowering_up_to"] == 1e-1 and summary.loc["noisy", "lowest"] == 0.8
 
 
+def test_the_papers_step_window_does_not_hang_on_float_rounding():
+    # 10 ** np.arange(-5.5, ...) gives 9.999999999999999e-06 for the paper's 1e-5, and another
+    # grid may land just above 1e-1: a step one float64 rounding off an end is inside
+    # (fig3.STEP_RTOL); one a grid spacing off is not.
+    assert STEPS[1] < 1e-5  # the rounding this test is about
+    for ends in ([1e-5 * (1 - 1e-15), 1e-1 * (1 + 1e-15)], [1e-5, 1e-1]):
+        steps = np.array([1e-5 / 2, ends[0], 1e-3, ends[1], 2e-1])
+        tables = _table({"bn": [0.5, 0.8, 0.9, 2.0, 0.1]}, steps=steps)
+        summary = fig3.step_size_summary(tables["relative_loss"]).set_index("series")
+        # The lowest before the first rise (at 1e-1) within the window: 0.8 at its left end, not
+        # 0.5 (left of it); the highest within the window: 2.0 at its right end, not 0.1 (right of it).
+        assert summary.loc["bn", "lowest"] == 0.8 and summary.loc["bn", "highest"] == 2.0
+    outside = np.array([1e-5 * (1 - 1e-6), 1e-3, 1e-1 * (1 + 1e-6)])  # a millionth off: outside
+    summary = fig3.step_size_summary(_table({"bn": [0.5, 0.9, 2.0]}, steps=outside)["relative_loss"]).iloc[0]
+    assert summary["lowest"] == 0.9 and summary["highest"] == 0.9
+
+
 def test_paper_like_curves_pass_every_claim():
     tables = _table({"bn": PAPER_BN, "none": PAPER_NO_BN, "nf": PAPER_BN, "none+agc": PAPER_BN})
     tables["relative_loss"]["agc_lambda"] = np.where(tables["relative_loss"]["series"] == "none+agc", 0.08, np.nan)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _numerics import forward_rtol
 from _reference import relative_loss_by_trial_steps
 
 from nfstudy.clip import GradientClipper
@@ -19,6 +20,17 @@ from nfstudy.probes import (
 )
 
 STEPS = np.logspace(-4, 0.5, 7)
+# Relative losses by two paths: the same parameters (both set p.add(d, alpha=-eta)), forward
+# passes whose sums may run in other orders (vmapped over step sizes, or the model itself):
+# a ResNet-8 on 12 16x16 images chains 16 reductions of at most 3072 terms (BatchNorm), and a
+# ratio of two losses doubles the error: 2 x forward_rtol(16, 3072) = 1.1e-4.
+# Measured: < 2e-7. A wrong step or direction moves the relative loss by > 1e-2.
+RELATIVE_LOSS_RTOL = 2 * forward_rtol(16, 3072)
+# Channel moments of a layer's output by two such paths: the same chain, forward_rtol(16, 3072)
+# = 5.3e-5 relative; a channel mean near 0 (BatchNorm's output: 0 up to rounding) carries the
+# absolute error of its O(1) activations' sums instead, hence an atol of the same size.
+# Measured: < 1e-5 relative, < 5e-7 absolute.
+MOMENTS_RTOL = MOMENTS_ATOL = forward_rtol(16, 3072)
 
 
 def _setup(norm="bn", lr=0.05, steps_taken=1, seed=0, **sgd):
@@ -71,6 +83,7 @@ def test_probing_leaves_every_bit_of_state_as_it_was(chunk_size):
     assert np.isfinite(probe.relative_loss).all()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("norm, lr, steps_taken", [("bn", 0.1, 1), ("bn", 0.1, 0), ("none", 1e-3, 2), ("nf", 0.1, 1)])
 def test_same_relative_losses_as_the_reproductions_trial_steps(tmp_path, norm, lr, steps_taken):
     model, optimizer, x, y = _setup(norm, lr, steps_taken)
@@ -79,10 +92,14 @@ def test_same_relative_losses_as_the_reproductions_trial_steps(tmp_path, norm, l
     reference = relative_loss_by_trial_steps(model, optimizer, x, y, steps, tmp_path)
     both = np.isfinite(reference) & np.isfinite(probe.relative_loss)
     assert both.sum() >= 6
-    np.testing.assert_allclose(probe.relative_loss[both], reference[both], rtol=1e-5)
+    np.testing.assert_allclose(probe.relative_loss[both], reference[both], rtol=RELATIVE_LOSS_RTOL)
     assert not (probe.relative_loss[both] == 1.0).all()  # the steps really moved the loss
 
 
+# Bitwise, though two code paths: the probe computes the direction with the very operations,
+# in the very order, of torch.optim.SGD's step (add, mul, add with alpha), on the gradients
+# of the same backward pass: the same roundings on any CPU. The numerics pass checks that.
+@pytest.mark.numerics
 @pytest.mark.parametrize("sgd", [{}, {"nesterov": True}, {"dampening": 0.3}, {"weight_decay": 0.0}, {"maximize": True}])
 def test_the_full_step_is_exactly_what_optimizer_step_does(sgd):
     model, optimizer, x, y = _setup("nf", 0.05, 2, **sgd)
@@ -97,6 +114,7 @@ def test_the_full_step_is_exactly_what_optimizer_step_does(sgd):
         assert torch.equal(value, params[name]), name
 
 
+@pytest.mark.numerics  # bitwise as above, the same clipping on the same gradients
 @pytest.mark.parametrize("norm", ["none", "nf"])
 def test_with_clipping_the_direction_is_the_clipped_optimizer_step(norm):
     clip = GradientClipper("adaptive", 0.01)
@@ -138,22 +156,24 @@ def test_divergence_is_recorded_not_raised():
     assert frame["diverged"].dtype == bool and len(frame) == len(steps)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("norm", ["bn", "none", "nf"])
 def test_batched_step_sizes_equal_one_at_a_time(norm):
     model, optimizer, x, y = _setup(norm, 0.01, 1)
     sequential = relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=1)
     batched = relative_loss_along_update(model, optimizer, x, y, STEPS, chunk_size=4)  # chunks of 4 and 3
-    np.testing.assert_allclose(batched.relative_loss, sequential.relative_loss, rtol=1e-5)
-    assert batched.loss_before == sequential.loss_before
+    np.testing.assert_allclose(batched.relative_loss, sequential.relative_loss, rtol=RELATIVE_LOSS_RTOL)
+    assert batched.loss_before == sequential.loss_before  # the same path: the update's own forward pass
     fractions = [0.0, 0.25, 0.5, 1.0]
     one = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=1)
     all_ = channel_moments_along_update(model, optimizer, x, y, [2, 8], fractions, chunk_size=4)
     for a, b in zip(one, all_):
-        # atol: a channel mean near 0 of O(1) float32 activations carries float32's absolute
-        # rounding (~1e-7 x the activations' scale), which another chunking reorders.
-        np.testing.assert_allclose(b.select_dtypes("number").to_numpy(), a.select_dtypes("number").to_numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            b.select_dtypes("number").to_numpy(), a.select_dtypes("number").to_numpy(), rtol=MOMENTS_RTOL, atol=MOMENTS_ATOL
+        )
 
 
+@pytest.mark.numerics
 def test_channel_moments_along_the_update_match_a_real_step():
     model, optimizer, x, y = _setup("none", 0.05, 1)
     moments, losses = channel_moments_along_update(model, optimizer, x, y, [3, 8], [0.0, 1.0])
@@ -181,11 +201,12 @@ def test_channel_moments_along_the_update_match_a_real_step():
     mean1, var1, loss1 = direct(3)
     logits_mean1, logits_var1, _ = direct(8)
     got = moments.set_index(["fraction", "layer", "channel"]).sort_index()
-    np.testing.assert_allclose(got.loc[(0.0, 3), "mean"], mean0.numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got.loc[(0.0, 3), "variance"], var0.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(got.loc[(1.0, 3), "variance"], var1.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(got.loc[(1.0, 8), "mean"], logits_mean1.numpy(), rtol=1e-5, atol=1e-7)
-    assert losses["loss"].tolist() == pytest.approx([loss0, loss1], rel=1e-6)
+    # The probe's float32 sums against float64 ones of the real step's outputs: tolerances as above.
+    np.testing.assert_allclose(got.loc[(0.0, 3), "mean"], mean0.numpy(), rtol=MOMENTS_RTOL, atol=MOMENTS_ATOL)
+    np.testing.assert_allclose(got.loc[(0.0, 3), "variance"], var0.numpy(), rtol=MOMENTS_RTOL)
+    np.testing.assert_allclose(got.loc[(1.0, 3), "variance"], var1.numpy(), rtol=MOMENTS_RTOL)
+    np.testing.assert_allclose(got.loc[(1.0, 8), "mean"], logits_mean1.numpy(), rtol=MOMENTS_RTOL, atol=MOMENTS_ATOL)
+    assert losses["loss"].tolist() == pytest.approx([loss0, loss1], rel=forward_rtol(16, 3072))  # one loss each
 
 
 @pytest.mark.parametrize("clip", [None, GradientClipper("adaptive", 0.01)], ids=["plain", "agc"])

@@ -34,6 +34,13 @@ def _direct_outputs(model, x, modules):
     return found
 
 
+# The probe (float32 sums over planes of up to 32 x 32 values, finished in float64) against
+# float64 moments of the same outputs: a float32 sum of n = 1024 values rounds like a random
+# walk, sqrt(n) x U32 = 1.9e-6 relative to the sum of magnitudes (the test's moments below:
+# 1e-4, the mean's atol scaled by its largest value, for channels whose mean is small beside
+# their spread); the variance E[x^2] - mean^2 loses E[x^2] / var more (ReLU outputs: < 10),
+# the squared mean twice the mean's relative error (1e-3, with its own scaled atol).
+@pytest.mark.numerics
 @pytest.mark.parametrize("norm", ["bn", "none", "nf"])
 def test_weight_layer_statistics_equal_a_direct_computation(norm):
     torch.manual_seed(0)
@@ -63,7 +70,8 @@ def test_weight_layer_statistics_equal_a_direct_computation(norm):
     assert sorted(summary["depth"].unique()) == list(range(1, 21))  # the fc layer (N x C) included
 
 
-def test_block_statistics_cover_the_stem_blocks_and_residual_branches():
+@pytest.mark.numerics
+def test_block_statistics_cover_the_stem_blocks_and_residual_branches():  # tolerances as above
     torch.manual_seed(0)
     model = cifar_resnet(20, "nf", skip_gain_init=1.0)
     x = torch.randn(8, 3, 32, 32)
@@ -203,6 +211,16 @@ def test_activation_statistics_leaves_the_model_as_it_was():
     assert _all_hooks(model) == 0
 
 
+# Float32 moments against float64 ones. channel_moments sums each (image, channel) plane of
+# 49 values, or a channels-last channel's 784, in float32, then finishes in float64. Such a
+# sum rounds like a random walk, sqrt(n) x U32 = 1.7e-6 at n = 784 (the worst case, 784 x
+# U32 = 4.7e-5, needs every rounding to go one way), relative to the sum of magnitudes, here
+# ~1.5x the mean's (x = 2 + 3 z); E[x^2] - mean^2 magnifies the variance's error by
+# E[x^2] / var = 1.4. A wrong reduction (a dim, a count, biased or not) is off by >= 1e-2.
+MOMENTS_RTOL, MOMENTS_ATOL = 1e-5, 1e-6
+
+
+@pytest.mark.numerics
 def test_channel_moments_in_every_layout_precision_and_range():
     torch.manual_seed(0)
     x = torch.randn(16, 5, 7, 7) * 3 + 2
@@ -210,19 +228,25 @@ def test_channel_moments_in_every_layout_precision_and_range():
     expected = torch.stack((ref.mean((0, 2, 3)), ref.var((0, 2, 3), unbiased=False)))
     moments = channel_moments(x)
     assert moments.dtype == torch.float64 and moments.shape == (2, 5)
-    torch.testing.assert_close(moments, expected, rtol=1e-5, atol=1e-6)
-    # channels-last memory and half precision give the same numbers
-    torch.testing.assert_close(channel_moments(x.contiguous(memory_format=torch.channels_last)), moments, rtol=1e-5, atol=1e-6)
-    half = x.to(torch.bfloat16)
+    torch.testing.assert_close(moments, expected, rtol=MOMENTS_RTOL, atol=MOMENTS_ATOL)
+    # channels-last memory (reduced over rows instead of planes) and half precision give the same numbers
+    torch.testing.assert_close(
+        channel_moments(x.contiguous(memory_format=torch.channels_last)), moments, rtol=MOMENTS_RTOL, atol=MOMENTS_ATOL
+    )
+    half = x.to(torch.bfloat16)  # bf16 values, summed in float32 as above
     torch.testing.assert_close(
         channel_moments(half),
         torch.stack((half.double().mean((0, 2, 3)), half.double().var((0, 2, 3), unbiased=False))),
-        rtol=1e-5,
+        rtol=MOMENTS_RTOL,
         atol=1e-5,
     )
-    # a (N, C) output (the classifier) has channels too
+    # a (N, C) output (the classifier) has channels too: its squares come from a float32 norm of
+    # one value (a square and a root: within 3 U32 of x^2), so the variance is float32's, not float64's
     torch.testing.assert_close(
-        channel_moments(x[:, :, 0, 0]), torch.stack((ref[:, :, 0, 0].mean(0), ref[:, :, 0, 0].var(0, unbiased=False)))
+        channel_moments(x[:, :, 0, 0]),
+        torch.stack((ref[:, :, 0, 0].mean(0), ref[:, :, 0, 0].var(0, unbiased=False))),
+        rtol=MOMENTS_RTOL,
+        atol=MOMENTS_ATOL,
     )
     # Huge activations: float32 partial sums overflow to inf, never to a wrong finite
     # number; float64 accumulation measures them.

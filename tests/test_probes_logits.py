@@ -9,6 +9,11 @@ from nfstudy.models import cifar_resnet
 from nfstudy.probes import dominant_class, epoch_logit_gradients, logit_gradients
 
 
+# The probe's float32 softmax - onehot against float64 of the same logits, and against
+# autograd's (log_softmax backward): a softmax of 10 logits is an exp each and a sum of 10,
+# within ~10 x U32 = 6e-7 of its value (<= 1): atol 1e-6; rtol 1e-5 for the small entries'
+# relative rounding (exp's). The loss: the same log-sum-exp over 10 terms, 1e-6 relative.
+@pytest.mark.numerics
 def test_logit_gradient_is_softmax_minus_onehot_per_image():
     torch.manual_seed(0)
     model = cifar_resnet(20, "bn")
