@@ -44,7 +44,7 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import channel_moments_along_update
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims, say_missing, unevaluable
 
 FIGURE = "fig4"
 TITLE = "Channel means and variances during one update at a diverging learning rate (Bjorck et al. 2018, Fig. 4)"
@@ -207,7 +207,13 @@ def plot(tables: dict[str, pd.DataFrame]):
     channel variance per layer (median over seeds with a min-max band when there are
     several; the heatmaps then show the first seed: channels of different seeds are
     different units)."""
-    moments, losses = tables["channel_moments"], tables["update_loss"]
+    missing = lacking(tables, "channel_moments", "update_loss")
+    if len(missing) == 2:
+        return empty_figure(TITLE, missing)
+    if "channel_moments" in missing:
+        return _loss_figure(tables["update_loss"])
+    moments = tables["channel_moments"]
+    losses = tables.get("update_loss", pd.DataFrame(columns=["seed", "series", "fraction", "relative_loss"]))
     series, layers = _order(moments["series"]), sorted(moments["layer"].unique())
     seeds = sorted(moments["seed"].unique())
     first = moments[moments["seed"] == seeds[0]]
@@ -264,6 +270,29 @@ def plot(tables: dict[str, pd.DataFrame]):
     if len(seeds) > 1:
         note += f"; heatmaps: seed {seeds[0]}; lines: median of {len(seeds)} seeds, band min-max"
     fig.suptitle(f"{TITLE}\n{note}", fontsize=10)
+    if missing:
+        say_missing(fig, missing, "the loss along the update")
+    return fig
+
+
+def _loss_figure(losses: pd.DataFrame):
+    """The loss along the update alone, one panel per series: all there is to draw of a
+    run whose channel moments are absent."""
+    series, seeds = _order(losses["series"]), sorted(losses["seed"].unique())
+    style()
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 2.8), layout="constrained", squeeze=False)
+    for ax, s in zip(axes[0], series):
+        lo = losses[losses["series"] == s]
+        wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
+        values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
+        _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{series_label(s)}: loss / loss before, lr={float(lo['lr'].iloc[0]):g}", fontsize=8.5)
+        ax.set_xlabel("% of the update applied")
+    fig.suptitle(TITLE, fontsize=10)
+    say_missing(fig, ["channel_moments"], "the channel heatmaps and variances")
     return fig
 
 
@@ -281,7 +310,9 @@ def _line(ax, x, values: np.ndarray, color, n_seeds: int, label: str | None = No
 
 
 def _at(frame: pd.DataFrame, column: str, fraction: float) -> float:
-    """The value at ``fraction``; an overflowed (non-finite) one counts as inf."""
+    """The value at ``fraction``; an overflowed (non-finite) one counts as inf; NaN without rows."""
+    if not len(frame):
+        return float("nan")
     row = frame.iloc[(frame["fraction"] - fraction).abs().argsort()[:1]]
     value = float(row[column].iloc[0])
     return value if np.isfinite(value) else np.inf
@@ -291,7 +322,7 @@ def _relative_loss_after(losses: pd.DataFrame, series: str, last: float) -> floa
     """The relative loss after the full update; NaN when the loss before it was not finite
     (training had diverged before this update: nothing left to measure)."""
     frame = losses[losses["series"] == series]
-    if not np.isfinite(float(frame.loc[frame["fraction"] == 0, "loss"].iloc[0])):
+    if not (frame["fraction"] == 0).any() or not np.isfinite(float(frame.loc[frame["fraction"] == 0, "loss"].iloc[0])):
         return float("nan")
     return _at(frame, "relative_loss", last)
 
@@ -300,6 +331,8 @@ def max_channel_variance(moments: pd.DataFrame, series: str, layer: int) -> floa
     """The largest channel variance of ``layer`` over the whole update (the top of the
     paper's colour bar); inf when any cell overflowed."""
     values = moments.loc[(moments["series"] == series) & (moments["layer"] == layer), "variance"].to_numpy(dtype=float)
+    if not len(values):
+        return float("nan")
     return float(values.max()) if np.isfinite(values).all() else np.inf
 
 
@@ -346,8 +379,31 @@ def _magnitude_claims(moments: pd.DataFrame, layers: list[int]) -> list[Claim]:
     return found
 
 
+def _stand_ins(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(channel_moments, update_loss)``; an absent one replaced by a stand-in with the runs
+    the other names and no measured numbers (the moments at the default's layers), so that
+    the claims that need it keep their statements and are made not evaluable."""
+    moments, losses = tables.get("channel_moments"), tables.get("update_loss")
+    if moments is None:
+        runs = losses.drop_duplicates("series")[["series"]]
+        ends = pd.DataFrame({"fraction": [0.0, float(losses["fraction"].max())]})
+        layers = pd.DataFrame({"layer": list(Params().layers)})
+        moments = runs.merge(layers, how="cross").merge(ends, how="cross").assign(seed=0, channel=0, mean=np.nan, variance=np.nan)
+    if losses is None:
+        ends = moments.drop_duplicates(["series", "fraction"])[["series", "fraction"]]
+        losses = ends.assign(loss=np.nan, relative_loss=np.nan)
+    return moments, losses
+
+
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
-    moments, losses = tables["channel_moments"], tables["update_loss"]
+    missing = lacking(tables, "channel_moments", "update_loss")
+    if len(missing) == 2:
+        return placeholder_claims(FIGURE, missing)
+
+    def of(table: str, found: list[Claim]) -> list[Claim]:  # the claims measured on ``table``
+        return unevaluable(found, [table]) if table in missing else found
+
+    moments, losses = _stand_ins(tables)
     present = set(moments["series"])
     layers = sorted(moments["layer"].unique())
     deep = layers[-1]
@@ -356,36 +412,45 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     found = []
     if "none" in present:
         lv = variance[(variance["series"] == "none") & (variance["layer"] == deep)]
-        found.append(
-            Claim(
-                f"Without BN this update diverges (a relative loss above {DIVERGENCE:.0e} counts as divergence)",
-                "loss after the full update / loss before, no BN (inf: the loss overflowed)",
-                _relative_loss_after(losses, "none", last),
-                ">",
-                DIVERGENCE,
-            )
+        found += of(
+            "update_loss",
+            [
+                Claim(
+                    f"Without BN this update diverges (a relative loss above {DIVERGENCE:.0e} counts as divergence)",
+                    "loss after the full update / loss before, no BN (inf: the loss overflowed)",
+                    _relative_loss_after(losses, "none", last),
+                    ">",
+                    DIVERGENCE,
+                )
+            ],
         )
-        found += _magnitude_claims(moments, layers)
-        found.append(
-            Claim(
-                "The blow-up happens during the update: the deep layer's variance grows by orders of magnitude "
-                f"(at least {BLOW_UP:g}x) between 0% and 100% of it",
-                f"average channel variance of layer {deep}, after / before the update, no BN",
-                _ratio(_at(lv, "variance", last), _at(lv, "variance", 0.0)),
-                ">=",
-                BLOW_UP,
-            )
+        found += of("channel_moments", _magnitude_claims(moments, layers))
+        found += of(
+            "channel_moments",
+            [
+                Claim(
+                    "The blow-up happens during the update: the deep layer's variance grows by orders of magnitude "
+                    f"(at least {BLOW_UP:g}x) between 0% and 100% of it",
+                    f"average channel variance of layer {deep}, after / before the update, no BN",
+                    _ratio(_at(lv, "variance", last), _at(lv, "variance", 0.0)),
+                    ">=",
+                    BLOW_UP,
+                )
+            ],
         )
     if "nf" in present:
-        found.append(
-            Claim(
-                "(beyond the paper) The NF-ResNet's update at the same learning rate does not diverge",
-                "loss after the full update / loss before, NF",
-                _relative_loss_after(losses, "nf", last),
-                "<",
-                DIVERGENCE,
-                kind="extension",
-            )
+        found += of(
+            "update_loss",
+            [
+                Claim(
+                    "(beyond the paper) The NF-ResNet's update at the same learning rate does not diverge",
+                    "loss after the full update / loss before, NF",
+                    _relative_loss_after(losses, "nf", last),
+                    "<",
+                    DIVERGENCE,
+                    kind="extension",
+                )
+            ],
         )
     return found
 
