@@ -245,9 +245,12 @@ def plot(tables: dict[str, pd.DataFrame]):
         # The loss along the update.
         ax = axes[2 * i][-1]
         lo = losses[losses["series"] == s]
-        wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
-        values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
-        _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        if len(lo):
+            wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
+            values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
+            _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        else:
+            ax.text(0.5, 0.5, "no update_loss rows", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#b22222")
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
         ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
         ax.set_yscale("log")
