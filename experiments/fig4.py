@@ -27,6 +27,7 @@ The tables ``run`` returns and their columns: ``TABLES``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -406,6 +407,11 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     def of(table: str, found: list[Claim]) -> list[Claim]:  # the claims measured on ``table``
         return unevaluable(found, [table]) if table in missing else found
 
+    def of_losses(series: str, found: list[Claim]) -> list[Claim]:  # measured on the update_loss rows of ``series``
+        if "update_loss" not in missing and not (losses["series"] == series).any():
+            return [dataclasses.replace(c, evaluable=False, note=f"update_loss has no rows of series {series}") for c in found]
+        return of("update_loss", found)
+
     moments, losses = _stand_ins(tables)
     present = set(moments["series"])
     layers = sorted(moments["layer"].unique())
@@ -415,8 +421,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     found = []
     if "none" in present:
         lv = variance[(variance["series"] == "none") & (variance["layer"] == deep)]
-        found += of(
-            "update_loss",
+        found += of_losses(
+            "none",
             [
                 Claim(
                     f"Without BN this update diverges (a relative loss above {DIVERGENCE:.0e} counts as divergence)",
@@ -442,8 +448,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             ],
         )
     if "nf" in present:
-        found += of(
-            "update_loss",
+        found += of_losses(
+            "nf",
             [
                 Claim(
                     "(beyond the paper) The NF-ResNet's update at the same learning rate does not diverge",

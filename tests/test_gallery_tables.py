@@ -64,6 +64,8 @@ def _check(found, full: list[Claim], removed: str, same_values: bool = True) -> 
         if c.outcome == "not evaluable":
             assert c.note, f"{c.claim!r} is not evaluable without {removed} but does not say why"
             continue
+        if before is not None and not math.isnan(float(before.value)):  # a series or table gone is not evaluable, not failed
+            assert not math.isnan(float(c.value)), f"{c.claim!r} is {c.outcome} with no value without {removed}: not evaluable, saying why"
         if same_values and before is not None and before.metric == c.metric:
             assert _same(float(c.value), float(before.value)), f"{c.claim!r}: {before.value} with every table, {c.value} without {removed}"
 
