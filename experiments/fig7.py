@@ -206,7 +206,8 @@ def _summary_columns(values: pd.DataFrame) -> pd.DataFrame:
     ``singular_value_summary`` (the threshold ``small`` is the default's; the plot shows nan,
     the claims are made not evaluable)."""
     rows = values.groupby("factors")["sample"].nunique().rename("samples").reset_index()
-    size = int(values.groupby(["factors", "sample"]).size().max()) if len(values) else 0
+    one = [c for c in ("seed", "factors", "sample") if c in values]  # the singular values of one product
+    size = int(values.groupby(one).size().max()) if len(values) else 0
     return rows.assign(
         size=size,
         mean_square=np.nan,
