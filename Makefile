@@ -20,7 +20,7 @@ NF    := $(PY) -m nfstudy
 # A figure exists when its papermill template does: notebooks/<figure>.ipynb.
 FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
 
-.PHONY: help setup setup-system gpu-wheels gpu-check test quick figs report bench lock clean $(FIGURES)
+.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick figs report bench lock clean $(FIGURES)
 .DEFAULT_GOAL := help
 
 help:
@@ -30,6 +30,7 @@ help:
 	@echo "                      PROFILE=$(PROFILE) SEEDS=\"$(SEEDS)\" DEVICE=$(DEVICE) GPUS=$(GPUS) DATASET=$(DATASET) PARAMS=\"$(PARAMS)\""
 	@echo "make figs | report | bench | setup"
 	@echo "make setup-system | gpu-check   a machine with its own CUDA torch, offline (docs/gpu.md)"
+	@echo "NFSTUDY_RESULTS=/tmp/mine make ...  results there, not in the committed gallery results/"
 
 setup: $(STAMP)
 
@@ -56,12 +57,22 @@ setup-system:
 gpu-wheels:
 	tools/gpu_wheels.sh .whl
 
+# What a GPU session brings (docs/gpu.md): the wheels and Fashion-MNIST's files (data/fashion-mnist/).
+gpu-pack:
+	tools/gpu_session.sh pack
+
 # One call on a GPU machine, <= 8 minutes: CUDA tests, every figure's paper profile at a
-# reduced size, the training benchmark -> results/gpu_check/summary.json (nfstudy/gpu_check.py).
-# Runs with the venv when there is one (setup-system), else with $(PYTHON) and this checkout.
+# reduced size (4 at a time on 16 cores), the training benchmark -> results/gpu_check/summary.json
+# (nfstudy/gpu_check.py). Runs with the venv when there is one (setup-system), else with
+# $(PYTHON) and this checkout.
 GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m nfstudy.gpu_check $(GPU_CHECK)
+
+# The GPU benchmarks, bounded (fused N, landscape, AGC, torch.compile; ~4 minutes) ->
+# results/gpu_session/{bench.jsonl,tables.md} (tools/gpu_session.sh bench; tools/bench_tables.py).
+gpu-bench:
+	PYTHON=$(GPU_PY) tools/gpu_session.sh bench results/gpu_session
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -97,3 +108,11 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Anything else (a mistyped figure, `make fig9`): name it and list what there is, instead of
+# make's bare "No rule to make target". .DEFAULT applies only where no rule does: files that
+# exist are up to date, and the figures' seed targets (fig2-seed3) keep their pattern rule.
+.DEFAULT:
+	@echo "make: no target '$@' (nor a file of that name). Figures: $(FIGURES)." >&2
+	@echo "      Targets: quick test report figs bench setup help; make <figure> PROFILE=quick SEEDS=\"0 1\"" >&2
+	@exit 2

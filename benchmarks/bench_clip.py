@@ -32,8 +32,10 @@ head's weight; ours given the model).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 
@@ -53,6 +55,12 @@ from nfstudy.clip import GradientClipper, adaptive_clip_grad_, fast  # noqa: E40
 from nfstudy.clip.agc import default_unit_dim  # noqa: E402
 from nfstudy.clip.fast import foreach_adaptive_clip_grad_  # noqa: E402
 from nfstudy.models import cifar_resnet  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _jsonl import JsonLines  # noqa: E402  (benchmarks/_jsonl.py)
+
+OUT = JsonLines(None, "bench_clip")  # main() points it at --jsonl
+DEPTH = 110  # --depth: the ResNet of the gradient sets and of the training step
 
 THRESHOLD = 0.01  # the paper's lambda for large batches
 
@@ -127,7 +135,7 @@ def summary(times):
 def resnet_gradients(norm, device, batch=32, seed=0):
     torch.manual_seed(seed)
     kwargs = {"skip_gain_init": 1.0} if norm == "nf" else {}  # SkipInit's 0 leaves branch gradients at 0
-    model = cifar_resnet(110, norm, **kwargs).to(device)
+    model = cifar_resnet(DEPTH, norm, **kwargs).to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     F.cross_entropy(model(x), y).backward()
@@ -144,8 +152,8 @@ def linear_stack(device, layers, width, seed=0):
 
 def gradient_benchmarks(device, reps, layers, width):
     cases = {
-        "ResNet-110 (BN)": resnet_gradients("bn", device),
-        "ResNet-110 (NF)": resnet_gradients("nf", device),
+        f"ResNet-{DEPTH} (BN)": resnet_gradients("bn", device),
+        f"ResNet-{DEPTH} (NF)": resnet_gradients("nf", device),
         f"{layers} x Linear({width}, {width})": linear_stack(device, layers, width),
     }
     rows = []
@@ -164,6 +172,16 @@ def gradient_benchmarks(device, reps, layers, width):
         n = reps if numel < 1e7 else max(5, reps // 4)
         wall, cpu, changed = time_interleaved(params, methods, n, device, unchecked={"floor"})
         rows.append((case, wall, cpu))
+        OUT.write(
+            "agc",
+            case=case,
+            tensors=len(params),
+            parameters=numel,
+            repetitions=n,
+            wall_ms={k: 1e3 * statistics.median(v) for k, v in wall.items()},
+            wall_best_ms={k: 1e3 * min(v) for k, v in wall.items()},
+            cpu_ms={k: 1e3 * statistics.median(v) for k, v in cpu.items()},
+        )
         print(f"{case}: {len(params)} tensors, {numel / 1e6:.2f}M parameters, {changed} clipped, {n} repetitions", flush=True)
         print(f"  wall ms, median (best): {summary(wall)}", flush=True)
         print(f"  CPU  ms, median (best): {summary(cpu)}", flush=True)
@@ -192,8 +210,9 @@ def stacking_threshold_sweep(device, reps):
     fast.STACK_BELOW_NUMEL = default
     fast._plan.cache_clear()
     medians = {name: statistics.median(t) for name, t in cpu.items()}
+    OUT.write("agc_stacking", default=default, cpu_ms={name: 1e3 * m for name, m in medians.items()})
     print(
-        f"ResNet-110 (NF), stack same-shaped tensors below N elements (now {default}), CPU ms median: "
+        f"ResNet-{DEPTH} (NF), stack same-shaped tensors below N elements (now {default}), CPU ms median: "
         + ", ".join(f"{name} {m * 1e3:.2f}" for name, m in medians.items()),
         flush=True,
     )
@@ -202,7 +221,7 @@ def stacking_threshold_sweep(device, reps):
 def training_step_share(device, steps, batch=128):
     """Seconds of (step, our clip, timm's clip): the two clips alternate step by step."""
     torch.manual_seed(0)
-    model = cifar_resnet(110, "nf").to(device)
+    model = cifar_resnet(DEPTH, "nf").to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
     ours = GradientClipper("adaptive", THRESHOLD)  # head: model.fc.weight left unclipped
     head_excluded = [p for n, p in model.named_parameters() if n != "fc.weight"]
@@ -229,8 +248,18 @@ def training_step_share(device, steps, batch=128):
             timing[name][1].append(after_clip - before_clip)
     for name, (step_s, clip_s) in timing.items():
         share = statistics.median(c / s for c, s in zip(clip_s, step_s))
+        OUT.write(
+            "agc_step_share",
+            clip=name,
+            depth=DEPTH,
+            batch=batch,
+            steps=len(step_s),
+            step_ms=1e3 * statistics.median(step_s),
+            clip_ms=1e3 * statistics.median(clip_s),
+            share=share,
+        )
         print(
-            f"ResNet-110 (NF) step, batch {batch}, clip = {name:<8}: step {statistics.median(step_s):6.2f} s, "
+            f"ResNet-{DEPTH} (NF) step, batch {batch}, clip = {name:<8}: step {statistics.median(step_s):6.2f} s, "
             f"clip {statistics.median(clip_s) * 1e3:7.2f} ms = {share:.2%} of the step",
             flush=True,
         )
@@ -244,10 +273,14 @@ def main():
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=8, help="training steps for the share (half with each clip)")
+    parser.add_argument("--depth", type=int, default=110, help="the ResNet's depth (default 110, the paper's)")
+    parser.add_argument("--jsonl", help="append one JSON record per measurement to this file (tools/bench_tables.py)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    global OUT, DEPTH
+    OUT, DEPTH = JsonLines(args.jsonl, "bench_clip", device), args.depth
     print(
         f"# AGC at lambda={THRESHOLD}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
         f"threads, torch {torch.__version__}, device {device}, {args.reps} interleaved repetitions",

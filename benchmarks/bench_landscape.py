@@ -45,6 +45,9 @@ from nfstudy.runtime import resolve_device  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 from _reference import relative_loss_by_trial_steps  # noqa: E402  (the reproduction's method, kept with the tests)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _jsonl import JsonLines  # noqa: E402  (benchmarks/_jsonl.py)
+
 LEARNING_RATES = {"bn": 0.1, "none": 1e-4, "nf": 0.1}  # Fig. 3's training learning rates
 
 
@@ -145,17 +148,33 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="step sizes per forward pass (default: 1 on CPU, 16 on GPU)")
     parser.add_argument("--dataset", default="digits", help="digits (bundled) | synthetic | cifar10")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--jsonl", help="append one JSON record per series to this file (tools/bench_tables.py)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset)
+    # Two mini-batches are all the benchmark draws: synthetic data need not be a full training set.
+    kwargs = {"train_size": 4 * args.batch_size, "test_size": 64} if args.dataset == "synthetic" else {}
+    data = load_dataset(args.dataset, **kwargs)
+    out = JsonLines(args.jsonl, "bench_landscape", device)
     print(
         f"bench_landscape: ResNet-{args.depth}, {args.dataset}, batch {args.batch_size}, {args.step_sizes} step sizes "
         f"10^{args.log10_min}..10^{args.log10_max}, {args.rounds} interleaved rounds"
     )
     print(f"machine: {machine(device)}")
     results = [bench_series(s, args, data, device) for s in args.series]
+    k = args.step_sizes
+    for r in results:
+        out.write(
+            "landscape",
+            **r,
+            depth=args.depth,
+            batch=args.batch_size,
+            step_sizes=k,
+            rounds=args.rounds,
+            dataset=args.dataset,
+            bound=4 * k / (3 + k),
+        )
     print(f"\n{'series':6s} {'baseline':>9s} {'ours':>8s} {'wall':>6s} {'CPU':>6s}  {'agreement (max rel diff)':>24s}  chunk")
     for r in results:
         note = (
@@ -167,7 +186,6 @@ def main(argv=None) -> int:
             f"{r['series']:6s} {r['baseline_s']:8.2f}s {r['ours_s']:7.2f}s {r['ratio']:5.2f}x {r['cpu_ratio']:5.2f}x  "
             f"{r['max_rel_diff']:16.1e} on {r['compared']:2d}  {r['chunk']:5d}{note}"
         )
-    k = args.step_sizes
     target = 3.0 if device.type == "cpu" else 10.0
     print(
         f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "

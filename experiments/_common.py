@@ -3,12 +3,15 @@ figure's parameters (``model``, ``depth``, ``init``: see :mod:`nfstudy.models.re
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from nfstudy.data import DATASETS, TRAIN_IMAGES
+from nfstudy.claims import Claim
+from nfstudy.data import check_dataset, train_images
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
 from nfstudy.params import check_choice, check_positive
 from nfstudy.series import network_of, split_agc
@@ -26,7 +29,9 @@ class NetworkParams:
     depth of its ResNet (:func:`make_resnet`). A figure's ``Params`` subclasses this and adds
     its own; a figure with another default redeclares the field, which keeps its place."""
 
-    dataset: str = "cifar10"  # the images: cifar10 (the papers') | digits (bundled, 8x8) | synthetic
+    # the images: cifar10 (the papers') | fashion (Fashion-MNIST, padded to 32x32) | digits (bundled, 8x8) | synthetic |
+    # imagefolder:PATH (your own: PATH/train/CLASS/*.png, PATH/test/CLASS/*.png)
+    dataset: str = "cifar10"
     depth: int = 110  # ResNet depth, 6n+2 (the paper's ResNet-110)
 
 
@@ -61,9 +66,10 @@ def check_depth(depth) -> None:
 
 def check_batch_fits(params) -> None:
     """Every batch size of ``params`` (``batch_size``, ``batch_sizes``) fits in the training
-    images of its dataset (a mini-batch larger than the data set cannot be drawn)."""
-    available = TRAIN_IMAGES[params.dataset]
+    images of its dataset (a mini-batch larger than the data set cannot be drawn); an image
+    folder's are counted from its files, so a missing split or empty class fails here."""
     sizes = [getattr(params, "batch_size", None), *getattr(params, "batch_sizes", ())]
+    available = train_images(params.dataset)
     for size in sizes:
         if isinstance(size, int) and size > available:
             raise ValueError(f"batch size {size} exceeds the {available} training images of {params.dataset}: use at most {available}")
@@ -71,18 +77,27 @@ def check_batch_fits(params) -> None:
 
 def check_network_params(params, *, norm_series: bool = True) -> None:
     """The checks every figure's ``Params`` share, each error naming the valid choices:
-    ``dataset``, ``init``, ``depth`` (6n+2 for the CIFAR ResNet) and, where the figure has
-    them, ``batch_size`` (at most the dataset's training images), ``networks`` and
-    ``image_size`` (32 with CIFAR-10); ``series`` not empty and, with ``norm_series``, every
-    entry a norm. A figure with a ``model`` parameter: the model must exist, have that
-    ``depth`` and support the norm of every series (e.g. ``torchvision_resnet``: bn and none only)."""
-    check_choice("dataset", params.dataset, DATASETS)
+    ``dataset`` (a name, or ``imagefolder:PATH`` with its folders there), ``init``, ``depth``
+    (6n+2 for the CIFAR ResNet) and, where the figure has them, ``batch_size`` (at most the
+    dataset's training images), ``networks`` and ``image_size`` (32 with CIFAR-10);
+    ``series`` not empty and, with ``norm_series``, every entry a norm. A figure with a
+    ``model`` parameter: the model must exist, have that ``depth`` and build the norm of at
+    least one series; the series it cannot build (``torchvision_resnet``: bn and none only)
+    are dropped when the figure runs (:func:`built_series`, :func:`dropped_claims`)."""
+    check_dataset(params.dataset)
     check_choice("init", params.init, INITS)
     if model_name(params) == DEFAULT_MODEL:
         check_depth(params.depth)
     if hasattr(params, "model"):
-        known = [n for n in map(series_norm, params.series) if n in NORMS]  # the figure names unknown ones
-        check_model(params.model, params.depth, known)
+        spec = check_model(params.model, params.depth)
+        known = [s for s in params.series if series_norm(s) in NORMS]  # the figure names unknown ones
+        if known and all(series_norm(s) not in spec.norms for s in known):
+            figure = type(params).__module__.rpartition(".")[2]
+            raise ValueError(
+                f"model {params.model} builds the norms {', '.join(spec.norms)} only: none of the series "
+                f"({', '.join(known)}) can be built with it. Give series of those norms with -p series "
+                f"(`python -m nfstudy list {figure}` shows each profile's), or -p model {DEFAULT_MODEL} (every norm)"
+            )
     for name in ("batch_size", "networks", "image_size"):
         if hasattr(params, name):
             check_positive(name, getattr(params, name), integer=True)
@@ -94,6 +109,52 @@ def check_network_params(params, *, norm_series: bool = True) -> None:
     if norm_series:
         for s in params.series:
             check_choice("series", s, NORMS)
+
+
+def dropped_series(params) -> dict[str, str]:
+    """The series of ``params`` its ``model`` cannot build, each with why (``torchvision_resnet``
+    has no NF or WS network); empty for a figure without ``model`` or a model that builds them all."""
+    if not hasattr(params, "model"):
+        return {}
+    norms = check_model(params.model, params.depth).norms
+    why = f"model {params.model} builds the norms {', '.join(norms)} only"
+    return {s: why for s in params.series if series_norm(s) not in norms}
+
+
+def built_series(params, figure: str) -> tuple[str, ...]:
+    """The series of ``params`` that its model can build, in order: what the figure runs.
+    The others (:func:`dropped_series`) are named on stderr, one line; :func:`dropped_claims`
+    records them among the claims."""
+    dropped = dropped_series(params)
+    if dropped:
+        print(
+            f"[nfstudy] {figure}: series {', '.join(dropped)} dropped: {next(iter(dropped.values()))}; their claims are not evaluable",
+            file=sys.stderr,
+        )
+    return tuple(s for s in params.series if s not in dropped)
+
+
+def dropped_claims(params) -> list[Claim]:
+    """One ``not evaluable`` claim per dropped series (:func:`dropped_series`), so that the run's
+    claims say what it could not decide and why: no claim about a series that never ran can
+    pass or fail. An NF, WS or AGC series is an extension; bn and none are the paper's."""
+    found = []
+    for series, why in dropped_series(params).items():
+        norm, agc = split_agc(network_of(series))
+        paper = norm in ("bn", "none") and not agc
+        found.append(
+            Claim(
+                f"{'' if paper else '(beyond the paper) '}Series {series} was not run: its claims cannot be decided",
+                f"series {series}: not built",
+                math.nan,
+                ">=",
+                math.nan,
+                kind="paper" if paper else "extension",
+                evaluable=False,
+                note=f"{why}: the series was dropped (-p model {DEFAULT_MODEL} builds it)",
+            )
+        )
+    return found
 
 
 def check_fuse(fuse) -> None:

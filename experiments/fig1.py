@@ -59,6 +59,7 @@ from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, ac
 
 from ._common import (
     NetworkParams,
+    built_series,
     check_fuse,
     check_network_params,
     empty_figure,
@@ -71,6 +72,7 @@ from ._common import (
     unevaluable,
     use_fused,
 )
+from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig1"
 TITLE = "Accuracy during training at several learning rates (Bjorck et al. 2018, Fig. 1)"
@@ -234,8 +236,8 @@ def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: 
         folder = f"{norm}+agc{params.agc_lambda:g}_lr{lr:g}" if agc else f"{norm}_lr{lr:g}"
         return Path(checkpoint_dir) / folder if checkpoint_dir is not None else None
 
-    specs = [parse_series(spec) for spec in params.series]
-    results = {}  # index in params.series -> its TrainResult
+    specs = [parse_series(spec) for spec in built_series(params, "fig1")]
+    results = {}  # index in specs -> its TrainResult
     if not use_fused(params.fuse, device):
         for i, (norm, lr, agc) in enumerate(specs):
             torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not

@@ -29,7 +29,18 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims, say_missing, unevaluable
+from ._common import (
+    NetworkParams,
+    built_series,
+    check_network_params,
+    empty_figure,
+    lacking,
+    make_resnet,
+    placeholder_claims,
+    say_missing,
+    unevaluable,
+)
+from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig2"
 TITLE = "Gradients of a conv kernel at initialisation (Bjorck et al. 2018, Fig. 2)"
@@ -93,7 +104,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     loader = data.loader("train", params.batch_size, augment=params.augment, seed=seed, device=device, drop_last=True)
     images, labels = loader.first_batch()
     values, summary = [], []
-    for series in progress(params.series, desc="fig2: gradients at init", unit="net"):
+    for series in progress(built_series(params, "fig2"), desc="fig2: gradients at init", unit="net"):
         torch.manual_seed(seed)  # every series starts from the same conv weights
         model = make_resnet(params, series, data.num_classes).to(device)
         grads, loss = weight_gradients(model, images, labels, [params.layer])

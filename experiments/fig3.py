@@ -50,7 +50,8 @@ from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
 from nfstudy.series import series_name, split_agc
 
-from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
+from ._common import NetworkParams, built_series, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
+from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig3"
 TITLE = "Relative loss along the update direction, early in training (Bjorck et al. 2018, Fig. 3)"
@@ -153,7 +154,10 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     device = resolve_device(device)
     data = load_dataset(params.dataset, **({"image_size": params.image_size} if params.dataset != "cifar10" else {}))
     frames = []
+    built = built_series(params, "fig3")
     for series, lr in zip(params.series, params.learning_rates):
+        if series not in built:
+            continue
         norm, agc = parse_series(series)
         # Every series starts from the same weights (where shapes agree) and sees the same batches.
         torch.manual_seed(seed)

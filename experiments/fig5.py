@@ -40,7 +40,8 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
+from ._common import NetworkParams, built_series, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
+from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig5"
 TITLE = "Channel statistics vs depth at initialisation (Bjorck et al. 2018, Fig. 5)"
@@ -64,7 +65,9 @@ class Params(NetworkParams):
             raise ValueError(f"layers needs at least two depths to compare, got {self.layers!r}")
         bad = [d for d in self.layers if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= self.depth]
         if bad:
-            raise ValueError(f"layers must be weight layers 1..{self.depth} of a ResNet-{self.depth}, got {bad}")
+            inside = [d for d in self.layers if d not in bad]
+            fix = f"-p layers {','.join(map(str, inside))} (the ones within)" if len(inside) >= 2 else "at least two of them with -p layers"
+            raise ValueError(f"layers must be weight layers 1..{self.depth} of a ResNet-{self.depth}, got {bad}: give {fix}")
 
 
 PROFILES = {
@@ -101,10 +104,11 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
         )
     batches = iter(loader.epoch_batches(0))
     frames = []
-    bar = progress(total=params.networks * len(params.series), desc="fig5: activations at init", unit="net")
+    series_run = built_series(params, "fig5")
+    bar = progress(total=params.networks * len(series_run), desc="fig5: activations at init", unit="net")
     for network in range(params.networks):
         images, _ = next(batches)
-        for series in params.series:
+        for series in series_run:
             torch.manual_seed(derived_seed(seed, network))  # every series of a network from the same weights
             model = make_resnet(params, series, data.num_classes).to(device)
             stats = activation_statistics(model, images, list(params.layers))

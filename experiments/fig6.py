@@ -42,7 +42,18 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims, say_missing, unevaluable
+from ._common import (
+    NetworkParams,
+    built_series,
+    check_network_params,
+    empty_figure,
+    lacking,
+    make_resnet,
+    placeholder_claims,
+    say_missing,
+    unevaluable,
+)
+from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig6"
 TITLE = "Gradients of the output logits at initialisation (Bjorck et al. 2018, Fig. 6)"
@@ -161,10 +172,11 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
     # Every image of the epoch's split once: no augmentation, no image dropped.
     epoch_loader = data.loader(params.epoch_split, params.batch_size, augment=False, seed=seed, device=device)
     batch_rows, epoch_rows, summary = [], [], []
-    steps = params.networks * len(params.series) + (len(params.series) if params.epoch else 0)
+    series_run = built_series(params, "fig6")
+    steps = params.networks * len(series_run) + (len(series_run) if params.epoch else 0)
     bar = progress(total=steps, desc="fig6: logit gradients at init", unit="net")
     for network in range(params.networks):
-        for series in params.series:
+        for series in series_run:
             torch.manual_seed(derived_seed(seed, network))  # every series of a network from the same weights
             model = make_resnet(params, series, data.num_classes).to(device)
             g = logit_gradients(model, images, labels)
@@ -173,7 +185,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
             bar.update()
     if params.epoch:
         batch_summary = pd.DataFrame(summary)
-        for series in params.series:
+        for series in series_run:
             _, network = representative_network(batch_summary, series)
             torch.manual_seed(derived_seed(seed, network))  # the same weights as in its batch
             model = make_resnet(params, series, data.num_classes).to(device)

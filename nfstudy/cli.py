@@ -1,6 +1,6 @@
 """``python -m nfstudy``: list figures, run them through their notebooks, aggregate seeds.
 
-    python -m nfstudy list [--markdown]
+    python -m nfstudy list [fig2 ...] [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
     python -m nfstudy aggregate fig2 --profile quick
@@ -173,12 +173,23 @@ def _takes_data(module) -> bool:
 
 
 def _check_data(params) -> None:
-    """CIFAR-10 is verified (a tarball there extracted, or downloaded unless offline) here,
-    so that missing or corrupt data is one line before the seed's folder is touched."""
-    if getattr(params, "dataset", None) == "cifar10":
-        from .data import prepare_cifar10
+    """The figure's data is checked here (nfstudy.data.prepare_dataset: CIFAR-10 and
+    Fashion-MNIST found, downloaded unless offline, MD5-verified; every file of an image
+    folder opened), so that missing or corrupt data is one line before the seed's folder
+    is touched. The notebook runs in the repository root: an image folder given relative
+    to another folder is refused, with its absolute path to give instead."""
+    dataset = getattr(params, "dataset", None)
+    if dataset is None:
+        return
+    from .data import image_folder_path, prepare_dataset
 
-        prepare_cifar10()
+    folder = image_folder_path(dataset)
+    if folder is not None and not folder.is_absolute() and Path.cwd().resolve() != _root().resolve():
+        raise ValueError(
+            f"the image folder {folder} is relative to {Path.cwd()}, but the run reads it from {_root()}: "
+            f"give it as --dataset imagefolder:{folder.resolve()}"
+        )
+    prepare_dataset(dataset)
 
 
 def run_figure(
@@ -325,13 +336,16 @@ def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLi
 
 
 def _cmd_list(args) -> int:
+    from .params import check_choice
+
+    names = [check_choice("figure", f, figures_available()) for f in args.figures] or list(figures_available())
+    modules = {figure: load_figure(figure) for figure in dict.fromkeys(names)}
     if args.markdown:  # the generated reference, docs/reference.md
         from .reference import markdown
 
-        sys.stdout.write(markdown(figure_modules()))
+        sys.stdout.write(markdown(modules))
         return 0
-    for figure in figures_available():
-        module = load_figure(figure)
+    for figure, module in modules.items():
         print(f"{figure}: {module.TITLE}")
         profiles = module.PROFILES
         for field in dataclasses.fields(module.Params):
@@ -408,6 +422,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="figures and their parameters per profile")
+    listing.add_argument("figures", nargs="*", metavar="FIGURE", help="only these figures (default: every one)")
     listing.add_argument("--markdown", action="store_true", help="the reference page (docs/reference.md) in Markdown")
     listing.set_defaults(func=_cmd_list)
 
@@ -420,7 +435,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     run.add_argument("--gpus", help="e.g. 0,1,2,3: seed S runs on the GPU listed at S mod 4 (several GPUs)")
-    run.add_argument("--dataset", help="override the profile's dataset: cifar10 | digits | synthetic")
+    run.add_argument("--dataset", help="override the profile's dataset: cifar10 | fashion | digits | synthetic | imagefolder:PATH")
     run.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter, as papermill's -p")
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter")
     run.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")

@@ -14,14 +14,24 @@ with each step's log beside it in ``logs/``. A step over its budget is stopped (
 group killed) and marked ``timeout``; once the total budget is spent the remaining steps
 are ``skipped``. Exit code 0 when every step is ``ok``.
 
+Steps 2 and 3 run ``--jobs`` at a time (default 4 on a GPU machine of 16 cores, 1 with
+``--device cpu``): each figure step is a small run whose time is mostly its kernel's start
+and CUDA's initialisation, so one after another they leave the GPU idle. A step marked
+``exclusive`` (the benchmark, whose timing must not share the machine) starts only once
+every step before it has finished, and nothing starts beside it. Each step keeps its own
+budget, process group and log; the summary lists the steps in the plan's order whatever
+order they finish in.
+
     python -m nfstudy.gpu_check                 # on the GPU machine (make gpu-check)
     python -m nfstudy.gpu_check --dry-run       # the plan and an empty summary, anywhere
     python -m nfstudy.gpu_check --device cpu --only environment,figure:fig7   # a CPU smoke run
+    python -m nfstudy.gpu_check --jobs 1        # every step alone, in order
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import fnmatch
@@ -33,13 +43,14 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REDUCED", "SUMMARY_SCHEMA", "TOTAL_BUDGET_S", "Step", "environment", "main", "plan", "run_step"]
+__all__ = ["REDUCED", "SUMMARY_SCHEMA", "TOTAL_BUDGET_S", "Step", "default_jobs", "environment", "main", "plan", "run_step", "run_steps"]
 
 TOTAL_BUDGET_S = 480.0  # the issue's limit: 8 minutes on one GPU, everything included
 SCHEMA = "nfstudy.gpu_check/1"
@@ -73,6 +84,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
     "started": "str: ISO 8601, UTC",
     "seconds": "float: wall time of the whole check",
     "budget_s": "float: the total budget",
+    "jobs": "int: steps run at a time (exclusive steps alone)",
     "environment": "dict: gpu, gpu_memory_gib, gpu_count, driver, torch, cuda, cudnn, python, platform, git_commit, device",
     "steps": "list of dict: name, status (ok | failed | timeout | skipped | planned), seconds, budget_s, command, "
     "numbers (the step's key numbers), log (path), error (its last line, or null)",
@@ -81,13 +93,25 @@ SUMMARY_SCHEMA: dict[str, Any] = {
 
 @dataclasses.dataclass
 class Step:
-    """One step: a command (None: done in this process) with its budget and what to read
-    from its output and files afterwards."""
+    """One step: a command (None: done in this process, alone) with its budget and what to
+    read from its output and files afterwards. An ``exclusive`` step runs alone: it starts
+    when every step before it has finished, and the next starts when it has (a timing)."""
 
     name: str
     command: list[str] | None
     budget_s: float
     numbers: Callable[[str], dict[str, Any]] = lambda output: {}
+    exclusive: bool = False
+
+
+def default_jobs(device: str, cpus: int | None = None) -> int:
+    """Steps at a time: on a GPU one per 4 cores, at most 4 (16 cores: 4; each step's first
+    seconds are a kernel's start and imports on the CPU, and 4 small runs leave an H100/H200
+    far from full); on a CPU one, since every step there is compute-bound on the same cores."""
+    if not str(device).startswith("cuda"):
+        return 1
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(4, cpus // 4))
 
 
 def _figures(root: Path) -> list[str]:
@@ -195,7 +219,8 @@ def plan(root: Path, out: Path, device: str = "cuda", python: str | None = None)
         ]
         steps.append(Step(f"figure:{figure}", command, budget, _claims_numbers(runs / figure / "paper")))
     bench = [python, str(root / "benchmarks" / "bench_train.py"), "--device", device, *BENCH_ARGS]
-    steps.append(Step("bench-train", bench, BENCH_BUDGET_S, _bench_numbers))
+    bench += ["--jsonl", str(out / "logs" / "bench-train.jsonl")]  # its records, for tools/bench_tables.py
+    steps.append(Step("bench-train", bench, BENCH_BUDGET_S, _bench_numbers, exclusive=True))
     return steps
 
 
@@ -229,6 +254,31 @@ def environment(device: str = "cuda") -> dict[str, Any]:
     return found
 
 
+# The steps' processes now running: each is a session of its own, which a signal to the check
+# does not reach, so the check stops them itself when it is stopped (stop_running_steps).
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
+
+
+def stop_running_steps(signum: int, frame: Any = None) -> None:
+    """A SIGTERM/SIGINT handler: kill every running step's process group, then exit (128 +
+    the signal). Without it a check stopped from outside (``timeout``, a scheduler) would
+    leave its steps running on the GPU, beside whatever comes next."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        _kill(process)
+    print(f"[gpu-check] stopped by signal {signum}: killed {len(running)} running step(s)", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
 def run_step(step: Step, log: Path, budget_s: float, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """Run one step's command under ``budget_s``; its output goes to ``log``. Returns its
     summary row."""
@@ -248,12 +298,17 @@ def run_step(step: Step, log: Path, budget_s: float, env: dict[str, str] | None 
         # A session of its own, so that a step over its budget is stopped with everything it
         # started (a notebook's kernel, a benchmark's workers).
         process = subprocess.Popen(step.command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             code = process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill(process)
             process.wait()
             code = None
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
     row["seconds"] = round(time.monotonic() - start, 2)
     output = log.read_text(errors="replace")
     if code is None:
@@ -275,6 +330,104 @@ def _write(path: Path, summary: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _row(step: Step, status: str, error: str | None = None) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "status": status,
+        "seconds": 0.0,
+        "budget_s": step.budget_s,
+        "command": shlex.join(step.command or []),
+        "numbers": {},
+        "log": None,
+        "error": error,
+    }
+
+
+def run_steps(
+    steps: Sequence[Step],
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    budget_s: float,
+    jobs: int = 1,
+    device: str = "cuda",
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run ``steps`` into ``summary`` (its ``steps``, ``environment``, ``seconds``, ``ok``),
+    ``jobs`` at a time, within ``budget_s`` in all; ``out/summary.json`` is rewritten as each
+    step ends, the steps in plan order. A step starts with the smaller of its own budget and
+    what is left of the total; with less than 5 s left it is ``skipped``. A step without a
+    command (``environment``) and an ``exclusive`` one run alone (see the module docstring)."""
+    clock = time.monotonic()
+    rows: dict[int, dict[str, Any]] = {}
+    lock = threading.Lock()
+    env = dict(os.environ if env is None else env)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:  # steps side by side share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def record(index: int, row: dict[str, Any]) -> None:
+        with lock:
+            rows[index] = row
+            summary["steps"] = [rows[i] for i in sorted(rows)]
+            summary["seconds"] = round(time.monotonic() - clock, 1)
+            print(
+                f"[gpu-check] {row['name']:<16} {row['status']:<8} {row['seconds']:7.1f} s  {row['error'] or row['numbers'] or ''}",
+                file=sys.stderr,
+                flush=True,
+            )
+            _write(out / "summary.json", summary)  # after every step: a killed check still leaves its summary
+
+    def execute(index: int, step: Step) -> None:
+        left = budget_s - (time.monotonic() - clock)
+        budget = min(step.budget_s, left)
+        if dry_run:
+            row = _row(step, "planned")
+        elif left < 5:
+            row = _row(step, "skipped", "the total budget was spent")
+        elif step.command is None:
+            begin = time.monotonic()
+            try:
+                summary["environment"] = environment(device)
+                numbers = {k: summary["environment"][k] for k in ("gpu", "driver", "torch", "cuda")}
+                row = {"name": step.name, "status": "ok", "numbers": numbers, "error": None}
+            except Exception as error:
+                row = {"name": step.name, "status": "failed", "numbers": {}, "error": f"{type(error).__name__}: {error}"}
+            row.update(seconds=round(time.monotonic() - begin, 2), budget_s=step.budget_s, command="", log=None)
+            if device.startswith("cuda") and not summary["environment"].get("gpu_count"):
+                row.update(status="failed", error="no CUDA device visible: run on a GPU machine, or --device cpu for a smoke run")
+        else:
+            row = run_step(step, out / "logs" / f"{step.name.replace(':', '-')}.log", budget, env=env, cwd=cwd)
+        record(index, row)
+
+    jobs = max(1, int(jobs))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: set[concurrent.futures.Future] = set()
+
+        def wait(until: str) -> set[concurrent.futures.Future]:
+            """Wait for one running step (FIRST_COMPLETED) or all (ALL_COMPLETED); the ones still running."""
+            done, still = concurrent.futures.wait(running, return_when=until)
+            for future in done:
+                future.result()  # a bug in a step's bookkeeping is raised, not lost
+            return still
+
+        for index, step in enumerate(steps):
+            if step.command is None or step.exclusive or jobs == 1:
+                running = wait(concurrent.futures.ALL_COMPLETED)
+                execute(index, step)  # alone, in this thread
+                continue
+            while len(running) >= jobs:
+                running = wait(concurrent.futures.FIRST_COMPLETED)
+            running.add(pool.submit(execute, index, step))
+        wait(concurrent.futures.ALL_COMPLETED)
+    summary["steps"] = [rows[i] for i in sorted(rows)]
+    summary["ok"] = bool(summary["steps"]) and all(r["status"] == "ok" for r in summary["steps"])
+    summary["seconds"] = round(time.monotonic() - clock, 1)
+    _write(out / "summary.json", summary)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfstudy.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/gpu_check", help="where summary.json, logs/ and runs/ go")
@@ -282,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated step names or patterns, e.g. environment,figure:fig7")
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="the total budget (default 480)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every budget (a slower machine, a CPU smoke run)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="steps at a time (default: 4 on a GPU machine of 16+ cores, 1 with --device cpu)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, write the summary with every step 'planned'")
     args = parser.parse_args(argv)
 
@@ -292,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = plan(root, out, args.device)
     if args.budget_scale <= 0:
         parser.error(f"--budget-scale must be > 0, got {args.budget_scale}")
+    jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+    if jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     args.budget_s *= args.budget_scale
     for step in steps:
         step.budget_s *= args.budget_scale
@@ -306,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.setdefault("NFSTUDY_PROGRESS", "0")
     env.setdefault("MPLBACKEND", "Agg")
 
-    started, clock = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    started = dt.datetime.now(dt.timezone.utc)
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "ok": False,
@@ -314,52 +473,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "seconds": 0.0,
         "budget_s": args.budget_s,
+        "jobs": jobs,
         "environment": {},
         "steps": [],
     }
-    print(f"[gpu-check] {len(steps)} steps, {args.budget_s:.0f} s in all -> {out / 'summary.json'}", file=sys.stderr)
-    for step in steps:
-        left = args.budget_s - (time.monotonic() - clock)
-        budget = min(step.budget_s, left)
-        if args.dry_run or budget < 5:
-            status = "planned" if args.dry_run else "skipped"
-            row = {
-                "name": step.name,
-                "status": status,
-                "seconds": 0.0,
-                "budget_s": step.budget_s,
-                "command": shlex.join(step.command or []),
-                "numbers": {},
-                "log": None,
-                "error": None if args.dry_run else "the total budget was spent",
-            }
-        elif step.command is None:
-            begin = time.monotonic()
-            try:
-                summary["environment"] = environment(args.device)
-                row = {
-                    "name": step.name,
-                    "status": "ok",
-                    "numbers": {k: summary["environment"][k] for k in ("gpu", "driver", "torch", "cuda")},
-                    "error": None,
-                }
-            except Exception as error:
-                row = {"name": step.name, "status": "failed", "numbers": {}, "error": f"{type(error).__name__}: {error}"}
-            row.update(seconds=round(time.monotonic() - begin, 2), budget_s=step.budget_s, command="", log=None)
-            if args.device.startswith("cuda") and not summary["environment"].get("gpu_count"):
-                row.update(status="failed", error="no CUDA device visible: run on a GPU machine, or --device cpu for a smoke run")
-        else:
-            row = run_step(step, out / "logs" / f"{step.name.replace(':', '-')}.log", budget, env=env, cwd=root)
-        summary["steps"].append(row)
-        print(
-            f"[gpu-check] {row['name']:<16} {row['status']:<8} {row['seconds']:7.1f} s  {row['error'] or row['numbers'] or ''}",
-            file=sys.stderr,
-        )
-        summary["seconds"] = round(time.monotonic() - clock, 1)
-        _write(out / "summary.json", summary)  # after every step: a killed check still leaves its summary
-    summary["ok"] = bool(summary["steps"]) and all(r["status"] == "ok" for r in summary["steps"])
-    summary["seconds"] = round(time.monotonic() - clock, 1)
-    _write(out / "summary.json", summary)
+    print(f"[gpu-check] {len(steps)} steps, {jobs} at a time, {args.budget_s:.0f} s in all -> {out / 'summary.json'}", file=sys.stderr)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop_running_steps) if main_thread else None
+    try:
+        run_steps(steps, out, summary, budget_s=args.budget_s, jobs=jobs, device=args.device, env=env, cwd=root, dry_run=args.dry_run)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(f"[gpu-check] {'all ok' if summary['ok'] else 'NOT ok'} in {summary['seconds']:.0f} s: {out / 'summary.json'}", file=sys.stderr)
     return 0 if summary["ok"] or args.dry_run else 1
 

@@ -175,6 +175,15 @@ _VERDICT = {"passed": "✅ yes", "failed": "❌ no", "not evaluable": "➖ not e
 _KIND = {"paper": "", "extension": "(beyond the paper) ", "sanity": "(sanity check, not counted) "}
 
 
+def _labelled(kind: str, claim: str) -> str:
+    """The claim led by its kind's label, once. The figures write the extension label into the
+    claim itself ("(beyond the paper) ...", "(beyond the papers) ..."); that text is the claim's
+    identity across seeds (claims.csv), so it stays, and the page adds the label only where
+    the claim does not already begin with it."""
+    label = _KIND.get(kind, "")
+    return claim if not label or claim.startswith(label.rstrip(") ")) else label + claim
+
+
 def _bound(row) -> str:
     if row.comparison == "between":
         return f"{_fmt(row.threshold)} .. {_fmt(row.threshold_high)}"
@@ -193,7 +202,7 @@ def _claims_markdown(claims: pd.DataFrame) -> list[str]:
         claim, metric, note = (str(text).replace("|", "\\|") for text in (row.claim, row.metric, row.note))  # | ends a cell
         note = f"<br><sub>{note}</sub>" if note else ""
         lines.append(
-            f"| {_KIND.get(row.kind, '')}{claim}<br><sub>{metric}</sub> | {_fmt(row.value)}{spread} | {_bound(row)} "
+            f"| {_labelled(row.kind, claim)}<br><sub>{metric}</sub> | {_fmt(row.value)}{spread} | {_bound(row)} "
             f"| {_VERDICT[row.outcome]}{note} | {row.n_passed}/{row.n_evaluable}/{row.n_seeds} |"
         )
     return lines

@@ -193,3 +193,17 @@ def test_loader_rejects_bad_input(digits):
         digits.loader("train", 10, world_size=3)
     with pytest.raises(TypeError, match="uint8"):
         DeviceLoader(torch.zeros(4, 3, 8, 8), torch.zeros(4), [0, 0, 0], [1, 1, 1])
+
+
+def test_channel_stats_from_histograms_match_the_direct_sums():
+    from nfstudy.data import channel_stats
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8)
+    images[:, 1] //= 4  # channels with different statistics
+    mean, std = channel_stats(images)
+    x = images.double() / 255
+    # both float64: the sums differ only in their order (~1e-16 relative per term)
+    assert mean == pytest.approx(x.mean((0, 2, 3)).tolist(), rel=1e-12)
+    assert std == pytest.approx(x.std((0, 2, 3), unbiased=False).tolist(), rel=1e-12)
+    assert mean[1] < 0.3 < mean[0]

@@ -59,7 +59,7 @@ def test_the_step_runner_reports_ok_failed_and_timeout(tmp_path):
 def test_dry_run_writes_the_plan_as_a_summary_of_the_documented_schema(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == set(gpu_check.SUMMARY_SCHEMA)
+    assert set(summary) == set(gpu_check.SUMMARY_SCHEMA) and summary["jobs"] == gpu_check.default_jobs("cuda")
     assert summary["schema"] == "nfstudy.gpu_check/1" and summary["dry_run"] is True and summary["ok"] is False
     assert {s["status"] for s in summary["steps"]} == {"planned"}
     assert set(summary["steps"][0]) == {"name", "status", "seconds", "budget_s", "command", "numbers", "log", "error"}
@@ -83,3 +83,87 @@ def test_only_names_an_unknown_step(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--only", "figure:nope", "--out", str(tmp_path)])
     assert "matches no step: choose from environment, cuda-tests" in capsys.readouterr().err
+
+
+# A fake step: writes its start time, sleeps, writes its end time (seconds since the epoch).
+SLEEPER = (
+    "import sys, time; open(sys.argv[1] + '.start', 'w').write(repr(time.time())); "
+    "time.sleep(float(sys.argv[2])); open(sys.argv[1] + '.end', 'w').write(repr(time.time()))"
+)
+
+
+def _sleeper(tmp_path, name, seconds, budget=30.0, exclusive=False):
+    return gpu_check.Step(name, [sys.executable, "-c", SLEEPER, str(tmp_path / name), str(seconds)], budget, exclusive=exclusive)
+
+
+def _interval(tmp_path, name):
+    return float((tmp_path / f"{name}.start").read_text()), float((tmp_path / f"{name}.end").read_text())
+
+
+def _run(tmp_path, steps, jobs, budget_s=60.0):
+    summary = {"steps": [], "environment": {}}
+    return gpu_check.run_steps(steps, tmp_path / "out", summary, budget_s=budget_s, jobs=jobs, device="cpu")
+
+
+def test_steps_run_jobs_at_a_time_and_an_exclusive_step_alone(tmp_path):
+    steps = [_sleeper(tmp_path, n, 3.0) for n in ("a", "b", "c")] + [_sleeper(tmp_path, "bench", 0.2, exclusive=True)]
+    summary = _run(tmp_path, steps, jobs=3)
+    assert summary["ok"] and [r["name"] for r in summary["steps"]] == ["a", "b", "c", "bench"]
+    spans = {n: _interval(tmp_path, n) for n in ("a", "b", "c", "bench")}
+    # a, b and c overlap: each started before any of them ended
+    assert max(s for s, _ in (spans["a"], spans["b"], spans["c"])) < min(e for _, e in (spans["a"], spans["b"], spans["c"]))
+    # the exclusive step started after every step before it had ended
+    assert spans["bench"][0] >= max(e for _, e in (spans["a"], spans["b"], spans["c"]))
+
+
+def test_with_one_job_the_steps_run_one_after_another(tmp_path):
+    steps = [_sleeper(tmp_path, n, 0.3) for n in ("a", "b", "c")]
+    assert _run(tmp_path, steps, jobs=1)["ok"]
+    spans = [_interval(tmp_path, n) for n in ("a", "b", "c")]
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(2))
+
+
+def test_a_step_over_its_budget_is_stopped_alone_and_the_summary_keeps_the_plans_order(tmp_path):
+    # "slow" is first in the plan, is stopped at its 2 s budget and ends last of the three
+    # started together; "quick" ends first. The summary lists them in the plan's order.
+    steps = [_sleeper(tmp_path, "slow", 60, budget=2.0), _sleeper(tmp_path, "middle", 1.0), _sleeper(tmp_path, "quick", 0.1)]
+    summary = _run(tmp_path, steps, jobs=3)
+    rows = {r["name"]: r for r in summary["steps"]}
+    assert [r["name"] for r in summary["steps"]] == ["slow", "middle", "quick"]
+    assert rows["slow"]["status"] == "timeout" and rows["slow"]["seconds"] < 30
+    assert rows["middle"]["status"] == rows["quick"]["status"] == "ok"
+    assert not (tmp_path / "slow.end").exists() and (tmp_path / "middle.end").exists()
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["name"] for r in on_disk["steps"]] == ["slow", "middle", "quick"] and on_disk["ok"] is False
+
+
+def test_steps_that_would_start_after_the_total_budget_are_skipped(tmp_path):
+    steps = [_sleeper(tmp_path, "first", 2.0), _sleeper(tmp_path, "second", 0.1)]
+    summary = _run(tmp_path, steps, jobs=1, budget_s=6.0)  # the second starts with < 5 s left
+    assert [r["status"] for r in summary["steps"]] == ["ok", "skipped"]
+
+
+def test_default_jobs_four_on_a_16_core_gpu_machine_one_on_a_cpu():
+    assert gpu_check.default_jobs("cuda", cpus=16) == 4 and gpu_check.default_jobs("cuda:1", cpus=64) == 4
+    assert gpu_check.default_jobs("cuda", cpus=2) == 1 and gpu_check.default_jobs("cpu", cpus=16) == 1
+    steps = gpu_check.plan(ROOT, ROOT / "unused", "cuda", python="PY")
+    assert [s.name for s in steps if s.exclusive] == ["bench-train"]
+
+
+def test_a_stopped_check_kills_its_running_steps(tmp_path):
+    """Each step is a session of its own, out of reach of a signal to the check: the check's
+    SIGTERM handler kills them (else they would run on beside whatever comes next)."""
+    import signal
+    import subprocess
+
+    step = subprocess.Popen([sys.executable, "-c", SLEEPER, str(tmp_path / "orphan"), "30"], start_new_session=True)
+    gpu_check._RUNNING.add(step)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            gpu_check.stop_running_steps(signal.SIGTERM)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert step.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        gpu_check._RUNNING.discard(step)
+        if step.poll() is None:
+            step.kill()

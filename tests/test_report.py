@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import pytest
@@ -109,3 +110,46 @@ def test_aggregate_over_a_seed_lacking_its_large_table_draws_what_it_can_and_nam
     err = capsys.readouterr().err
     assert "seed=0 lacks gradient_values" in err and "not drawn: the histograms (needs the table gradient_values" in err
     assert image.is_file() and (claims["n_seeds"] == 2).all()
+
+
+# The labels the page puts before a claim of kind extension or sanity.
+LABEL = re.compile(r"\((?:beyond the papers?|sanity check, not counted)\)")
+
+
+def _rendered_claims(claims) -> list[str]:
+    from nfstudy.report import _claims_markdown
+
+    return [row.split(" | ")[0] for row in _claims_markdown(claims)[4:]]  # each row's first cell
+
+
+@pytest.mark.parametrize("figure", FIGURES)
+def test_every_claim_of_the_gallery_has_its_kind_label_once(figure):
+    """The extension claims of the figures say "(beyond the paper)" themselves; the page adds
+    a label only where the claim has none, so no label repeats and every non-paper claim has one."""
+    import pandas as pd
+
+    claims = pd.read_csv(runs.project_root() / "results" / figure / "quick" / "claims.csv")
+    for kind, cell in zip(claims["kind"], _rendered_claims(claims)):
+        assert len(LABEL.findall(cell)) == (kind != "paper"), cell
+
+
+def test_the_page_adds_a_missing_label_and_never_a_second():
+    import math
+
+    from nfstudy.claims import Claim, across_seeds
+
+    found = [
+        Claim("(beyond the paper) NF trains", "m", 1.0, ">=", 0.0, kind="extension"),
+        Claim("(beyond the papers) AGC trains", "m", 1.0, ">=", 0.0, kind="extension"),
+        Claim("NF + AGC trains", "m", 1.0, ">=", 0.0, kind="extension"),  # written without its label
+        Claim("A theorem holds", "m", 1.0, ">=", 0.0, kind="sanity"),
+        Claim("BN trains", "m", math.nan, ">=", 0.0, kind="paper", evaluable=False, note="not run"),
+    ]
+    cells = _rendered_claims(across_seeds(claims_table("figx", found)))
+    assert cells == [
+        "| (beyond the paper) NF trains<br><sub>m</sub>",
+        "| (beyond the papers) AGC trains<br><sub>m</sub>",
+        "| (beyond the paper) NF + AGC trains<br><sub>m</sub>",
+        "| (sanity check, not counted) A theorem holds<br><sub>m</sub>",
+        "| BN trains<br><sub>m</sub>",
+    ]

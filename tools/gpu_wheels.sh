@@ -7,10 +7,13 @@
 # (submitit added for `--launcher`). All but four are pure Python (py3-none-any, debugpy
 # included); pyzmq, rpds-py, tornado and wcwidth are built for CPython 3.12 (abi3) on manylinux x86-64.
 #   tools/gpu_wheels.sh [DIR]      (default .whl; needs the network, here, once)
+#   PYTHON_VERSION=3.11 tools/gpu_wheels.sh DIR    (the same set for another CPython, e.g. a rehearsal here)
 # then, on the GPU machine: make setup-system   (installs them with --no-index, no torch)
 set -eu
 DIR=${1:-.whl}
 PIP=${PIP:-python3 -m pip}
+PYTHON_VERSION=${PYTHON_VERSION:-3.12}
+ABI=cp$(echo "$PYTHON_VERSION" | tr -d .)
 PURE="
 asttokens==3.0.2
 comm==0.2.3
@@ -51,7 +54,7 @@ wcwidth==0.9.4
 "
 mkdir -p "$DIR"
 # --no-deps: the list above is the closure; pip must not pull torch & co. for another platform.
-$PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
+$PIP download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp --abi "$ABI" --abi abi3 --abi none \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$DIR" $PURE $BINARY
 ls "$DIR"
