@@ -181,3 +181,74 @@ def history_table(runs: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
     has no rows; if none has any, the columns are still there."""
     frames = [pd.DataFrame(keys, index=history.index).join(history) for keys, history in runs]
     return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+
+
+# -------------------- tables a seed folder may lack
+#
+# A figure's ``claims`` and ``plot`` work from the tables they are given: results copied
+# without their large tables, an old gallery, or a table deleted by hand must not stop a
+# report. A claim whose table is absent is "not evaluable", saying which table; a plot draws
+# what it can and says what it left out (on the figure and on stderr).
+
+
+def lacking(tables: dict, *names: str) -> list[str]:
+    """Those of ``names`` that ``tables`` does not hold (absent, or None)."""
+    return [n for n in names if tables.get(n) is None]
+
+
+def needs_note(missing) -> str:
+    """The note of a claim that cannot be decided because ``missing`` tables are absent."""
+    missing = list(missing)
+    s = "s" if len(missing) > 1 else ""
+    return f"needs the table{s} {', '.join(missing)}, absent from this run's files (restore {'them' if s else 'it'} or re-run the seed)"
+
+
+def unevaluable(found, missing) -> list:
+    """The claims ``found`` (worked out on a stand-in for the absent tables, so that each keeps
+    its statement and threshold), each made not evaluable, with no value."""
+    import dataclasses
+    import math
+
+    note = needs_note(missing)
+    return [dataclasses.replace(c, value=math.nan, evaluable=False, note=note) for c in found]
+
+
+def placeholder_claims(figure: str, missing) -> list:
+    """One not-evaluable claim standing for every claim of ``figure``, when the table they all
+    need (and that names them) is absent."""
+    import math
+
+    from nfstudy.claims import Claim
+
+    return [
+        Claim(
+            f"Every claim of {figure}",
+            "(the table the claims are measured on is absent)",
+            math.nan,
+            ">=",
+            math.nan,
+            evaluable=False,
+            note=needs_note(missing),
+        )
+    ]
+
+
+def say_missing(fig, missing, what: str) -> None:
+    """Note on ``fig`` (at its foot) and on stderr that the ``missing`` tables are absent, so
+    ``what`` is not drawn."""
+    import sys
+
+    line = f"not drawn: {what} (needs the table{'s' if len(missing) > 1 else ''} {', '.join(missing)}, absent from the seeds' files)"
+    print(f"[nfstudy] {line}", file=sys.stderr)
+    fig.text(0.5, 0.0, line, ha="center", va="top", fontsize=8, color="#b22222")
+
+
+def empty_figure(title: str, missing, what: str = "the figure"):
+    """A figure holding only its title and the note of what is missing: nothing to draw."""
+    from nfstudy.plots import figure
+
+    fig, axes = figure(1, 1, width=6.0, height=1.6)
+    axes[0][0].set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    say_missing(fig, missing, what)
+    return fig

@@ -57,7 +57,21 @@ from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
 from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
 
-from ._common import NetworkParams, built_series, check_fuse, check_network_params, history_table, make_resnet, train_group, use_fused
+from ._common import (
+    NetworkParams,
+    built_series,
+    check_fuse,
+    check_network_params,
+    empty_figure,
+    history_table,
+    lacking,
+    make_resnet,
+    placeholder_claims,
+    say_missing,
+    train_group,
+    unevaluable,
+    use_fused,
+)
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig1"
@@ -323,7 +337,15 @@ def plot(tables: dict[str, pd.DataFrame]):
     several); lr drops as dotted verticals. A series that diverged is an x at the point of
     divergence, labelled with its step, at chance level.
     """
-    history, outcomes = tables["history"], tables["outcomes"]
+    missing = lacking(tables, "history", "outcomes")
+    if len(missing) == 2:
+        return empty_figure(TITLE, missing)
+    history = tables.get("history")
+    if history is None:  # the outcomes alone: divergence markers and labels, no curves
+        history = pd.DataFrame(columns=["seed", "series", "epoch", "progress_pct", "lr", "train_accuracy", "test_accuracy"])
+    outcomes = tables.get("outcomes")
+    if outcomes is None:  # the curves alone: every run drawn as if it completed
+        outcomes = _stand_in_outcomes(history)
     order = list(dict.fromkeys(outcomes["series"]))
     colors = _colors(outcomes)
     n_seeds = outcomes["seed"].nunique()
@@ -379,7 +401,23 @@ def plot(tables: dict[str, pd.DataFrame]):
         handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False, handlelength=3.2
     )  # long enough to show a dashed line
     fig.suptitle(f"{TITLE}\n{seeds}", fontsize=10)
+    if missing:
+        say_missing(
+            fig, missing, "the accuracy curves" if missing == ["history"] else "the divergence markers (every run drawn as completed)"
+        )
     return fig
+
+
+def _stand_in_outcomes(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of ``history``, with no results (completed, at 0% accuracy): what the
+    plot and the claims of a seed whose outcomes table is absent work from (the claims are
+    then made not evaluable). A run that diverged in its first epoch has no history: it is
+    not there."""
+    keys = [k for k in ("seed", "series", "norm", "base_lr", "agc_lambda") if k in history.columns]
+    runs = history.drop_duplicates("series")[keys].reset_index(drop=True)
+    return runs.assign(
+        status="completed", final_train_accuracy=0.0, final_test_accuracy=0.0, plateaued=np.nan, diverged_pct=np.nan, diverged_step=np.nan
+    )
 
 
 # Thresholds, from the paper's numbers (PAPERS.md section D: BN lr 0.1 ~93% test accuracy,
@@ -474,6 +512,11 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     :data:`CONVERGED_TRAIN_ACCURACY`): one that ended still rising makes them not
     evaluable. Thresholds: the constants above, from the paper's numbers.
     """
+    if lacking(tables, "outcomes"):  # the runs named by their history, their claims not evaluable
+        history = tables.get("history")
+        if history is None or not len(history):
+            return placeholder_claims(FIGURE, ["outcomes"])
+        return unevaluable(claims({"outcomes": _stand_in_outcomes(history)}), ["outcomes"])
     everything = tables["outcomes"]
     o = everything[_clipping(everything).isna()]  # the paper's networks, without clipping
     bn_lrs = sorted(o.loc[o["norm"] == "bn", "base_lr"])

@@ -29,7 +29,17 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import weight_gradients
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import NetworkParams, built_series, check_network_params, make_resnet
+from ._common import (
+    NetworkParams,
+    built_series,
+    check_network_params,
+    empty_figure,
+    lacking,
+    make_resnet,
+    placeholder_claims,
+    say_missing,
+    unevaluable,
+)
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig2"
@@ -185,8 +195,11 @@ def plot(tables: dict[str, pd.DataFrame], bins: int = 101):
     fraction per bin over seeds is drawn on common bins, with a band of +- one std; the
     text gives the unscaled std and max |g| (median over seeds).
     """
+    missing = lacking(tables, "gradient_values", "gradient_summary")
+    if "gradient_values" in missing:  # the histograms are the figure
+        return empty_figure(TITLE, missing, "the histograms")
     values = tables["gradient_values"]
-    summary = tables["gradient_summary"]
+    summary = tables["gradient_summary"] if not missing else _summary_columns(values)
     order = _series_order(values)
     fig, axes = figure(2, len(order), width=3.6, height=2.6)
     seeds = sorted(values["seed"].unique())
@@ -219,7 +232,16 @@ def plot(tables: dict[str, pd.DataFrame], bins: int = 101):
     axes[0][0].set_ylabel("fraction of values\n(central 99.9%)")
     axes[1][0].set_ylabel("fraction of values\n(all, log scale)")
     fig.suptitle(TITLE, fontsize=10)
+    if missing:
+        say_missing(fig, missing, "the unscaled std, max |g| and kurtosis (shown as nan)")
     return fig
+
+
+def _summary_columns(values: pd.DataFrame) -> pd.DataFrame:
+    """A summary with the runs of ``values`` and no numbers: a stand-in for an absent
+    ``gradient_summary`` (the plot shows nan, the claims are made not evaluable)."""
+    runs = values.drop_duplicates(["seed", "series"] if "seed" in values else ["series"])
+    return runs[[c for c in ("seed", "series", "layer", "layer_name") if c in runs]].assign(std=np.nan, max_abs=np.nan, kurtosis=np.nan)
 
 
 def _range_claims(summary: pd.DataFrame) -> list[Claim]:
@@ -238,6 +260,10 @@ def _range_claims(summary: pd.DataFrame) -> list[Claim]:
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
+    if lacking(tables, "gradient_summary"):  # the runs named by the values, their claims not evaluable
+        if lacking(tables, "gradient_values"):
+            return placeholder_claims(FIGURE, ["gradient_summary"])
+        return unevaluable(claims({"gradient_summary": _summary_columns(tables["gradient_values"])}), ["gradient_summary"])
     summary = tables["gradient_summary"].set_index("series")
     found = _range_claims(summary)
     if {"bn", "none"} <= set(summary.index):

@@ -50,7 +50,7 @@ from nfstudy.probes import relative_loss_during_training
 from nfstudy.runtime import resolve_device
 from nfstudy.series import series_name, split_agc
 
-from ._common import NetworkParams, built_series, check_network_params, make_resnet
+from ._common import NetworkParams, built_series, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig3"
@@ -229,6 +229,8 @@ def plot(tables: dict[str, pd.DataFrame]):
     before). A seed whose training had already diverged before the probed batch (its loss
     before the step is not finite) is left out of that panel, and the panel says so.
     """
+    if lacking(tables, "relative_loss"):
+        return empty_figure(TITLE, ["relative_loss"])
     df = tables["relative_loss"]
     series, batches = _order(df["series"]), sorted(df["batch"].unique())
     seeds = sorted(df["seed"].unique())
@@ -425,6 +427,8 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     step), with the magnitudes it shows (PAPERS.md section D); a first, sanity claim counts
     those probes for the no-BN network, whose learning rate is the largest at which the
     paper trains it (Fig. 1). The NF and AGC rows are extensions (kind ``extension``)."""
+    if lacking(tables, "relative_loss"):
+        return placeholder_claims(FIGURE, ["relative_loss"])
     df = tables["relative_loss"]
     everything = step_size_summary(df).set_index(["series", "batch"])
     summary = everything[everything["trained"]]

@@ -62,7 +62,7 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import UpdateDirection, channel_moments_along_update, divergence_onset
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims, say_missing
 
 FIGURE = "fig4"
 TITLE = "Channel means and variances during one update at a diverging learning rate (Bjorck et al. 2018, Fig. 4)"
@@ -337,7 +337,13 @@ def plot(tables: dict[str, pd.DataFrame]):
     channel variance per layer (median over seeds with a min-max band when there are
     several; the heatmaps then show the first seed: channels of different seeds are
     different units)."""
-    moments, losses = tables["channel_moments"], tables["update_loss"]
+    missing = lacking(tables, "channel_moments", "update_loss")
+    if len(missing) == 2:
+        return empty_figure(TITLE, missing)
+    if "channel_moments" in missing:
+        return _loss_figure(tables["update_loss"])
+    moments = tables["channel_moments"]
+    losses = tables.get("update_loss", pd.DataFrame(columns=["seed", "series", "fraction", "relative_loss"]))
     series, layers = _order(moments["series"]), sorted(moments["layer"].unique())
     seeds = sorted(moments["seed"].unique())
     first = moments[moments["seed"] == seeds[0]]
@@ -369,9 +375,12 @@ def plot(tables: dict[str, pd.DataFrame]):
         # The loss along the update.
         ax = axes[2 * i][-1]
         lo = losses[losses["series"] == s]
-        wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
-        values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
-        _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        if len(lo):
+            wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
+            values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
+            _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        else:
+            ax.text(0.5, 0.5, "no update_loss rows", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#b22222")
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
         ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
         ax.set_yscale("log")
@@ -395,6 +404,29 @@ def plot(tables: dict[str, pd.DataFrame]):
     if len(seeds) > 1:
         note += f"; heatmaps: seed {seeds[0]}; lines: median of {len(seeds)} seeds, band min-max"
     fig.suptitle(f"{TITLE}\n{_protocol_note(tables.get('lr_protocol'))}\n{note}", fontsize=10)
+    if missing:
+        say_missing(fig, missing, "the loss along the update")
+    return fig
+
+
+def _loss_figure(losses: pd.DataFrame):
+    """The loss along the update alone, one panel per series: all there is to draw of a
+    run whose channel moments are absent."""
+    series, seeds = _order(losses["series"]), sorted(losses["seed"].unique())
+    style()
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 2.8), layout="constrained", squeeze=False)
+    for ax, s in zip(axes[0], series):
+        lo = losses[losses["series"] == s]
+        wide = lo.pivot_table(index="fraction", columns="seed", values="relative_loss", aggfunc="first", dropna=False)
+        values = np.where(np.isfinite(wide.to_numpy(dtype=float)), wide.to_numpy(dtype=float), np.inf)
+        _line(ax, wide.index.to_numpy() * 100, values, series_color(s), len(seeds))
+        ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        ax.axhline(DIVERGENCE, color="0.45", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{series_label(s)}: loss / loss before, lr={float(lo['lr'].iloc[0]):g}", fontsize=8.5)
+        ax.set_xlabel("% of the update applied")
+    fig.suptitle(TITLE, fontsize=10)
+    say_missing(fig, ["channel_moments"], "the channel heatmaps and variances")
     return fig
 
 
@@ -437,7 +469,9 @@ def _line(ax, x, values: np.ndarray, color, n_seeds: int, label: str | None = No
 
 
 def _at(frame: pd.DataFrame, column: str, fraction: float) -> float:
-    """The value at ``fraction``; an overflowed (non-finite) one counts as inf."""
+    """The value at ``fraction``; an overflowed (non-finite) one counts as inf; NaN without rows."""
+    if not len(frame):
+        return float("nan")
     row = frame.iloc[(frame["fraction"] - fraction).abs().argsort()[:1]]
     value = float(row[column].iloc[0])
     return value if np.isfinite(value) else np.inf
@@ -447,7 +481,7 @@ def _relative_loss_after(losses: pd.DataFrame, series: str, last: float) -> floa
     """The relative loss after the full update; NaN when the loss before it was not finite
     (training had diverged before this update: nothing left to measure)."""
     frame = losses[losses["series"] == series]
-    if not np.isfinite(float(frame.loc[frame["fraction"] == 0, "loss"].iloc[0])):
+    if not (frame["fraction"] == 0).any() or not np.isfinite(float(frame.loc[frame["fraction"] == 0, "loss"].iloc[0])):
         return float("nan")
     return _at(frame, "relative_loss", last)
 
@@ -456,6 +490,8 @@ def max_channel_variance(moments: pd.DataFrame, series: str, layer: int) -> floa
     """The largest channel variance of ``layer`` over the whole update (the top of the
     paper's colour bar); inf when any cell overflowed."""
     values = moments.loc[(moments["series"] == series) & (moments["layer"] == layer), "variance"].to_numpy(dtype=float)
+    if not len(values):
+        return float("nan")
     return float(values.max()) if np.isfinite(values).all() else np.inf
 
 
@@ -536,8 +572,8 @@ def _not_a_diverging_update(protocol: dict | None, relative_none: float) -> str:
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     losses = tables.get("update_loss")
     moments = tables.get("channel_moments")
-    if losses is None:
-        return []  # nothing ran: no update to speak of
+    if losses is None:  # every claim is measured on the update's losses
+        return placeholder_claims(FIGURE, lacking(tables, "update_loss", "channel_moments"))
     present = set(losses["series"])
     last = float(losses["fraction"].max())
     protocol = protocol_row(tables)

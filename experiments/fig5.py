@@ -40,7 +40,7 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import NetworkParams, built_series, check_network_params, make_resnet
+from ._common import NetworkParams, built_series, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig5"
@@ -186,6 +186,8 @@ def _log_linear_r2(table: pd.DataFrame, series: str, statistic: str) -> float:
 def plot(tables: dict[str, pd.DataFrame]):
     """Two panels (channel means, channel stds) against the sampled layer depth, log
     scale; one line per series, error bars +- one std of log10 over networks."""
+    if lacking(tables, "activation_stats"):
+        return empty_figure(TITLE, ["activation_stats"])
     table = tables["activation_stats"]
     n_networks = table.groupby(["seed", "network"]).ngroups
     n_seeds = table["seed"].nunique()
@@ -241,6 +243,8 @@ def _depths(table: pd.DataFrame) -> str:
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
+    if lacking(tables, "activation_stats"):
+        return placeholder_claims(FIGURE, ["activation_stats"])
     table = tables["activation_stats"]
     present = set(table["series"])
     layers = _depths(table)

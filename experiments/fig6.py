@@ -42,7 +42,17 @@ from nfstudy.plots import series_color, series_label, style
 from nfstudy.probes import LogitGradients, dominant_class, epoch_logit_gradients, logit_gradients
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
-from ._common import NetworkParams, built_series, check_network_params, make_resnet
+from ._common import (
+    NetworkParams,
+    built_series,
+    check_network_params,
+    empty_figure,
+    lacking,
+    make_resnet,
+    placeholder_claims,
+    say_missing,
+    unevaluable,
+)
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
 FIGURE = "fig6"
@@ -273,43 +283,57 @@ def plot(tables: dict[str, pd.DataFrame]):
     network by dominant share over every network of every seed, :func:`representative_network`).
     Middle: the epoch average per true class of the network that seed's epoch was run on.
     Bottom: every network of every seed, the share of images to which its dominant class
-    gets more than half the probability."""
-    grads = tables["logit_gradients"]
-    summary = tables["dominant_class"]
+    gets more than half the probability. A row whose table is absent is left out, and the
+    figure says so (without ``dominant_class`` the heatmaps show network 0 of the first seed)."""
+    missing = lacking(tables, "logit_gradients", "dominant_class")
+    grads, summary = tables.get("logit_gradients"), tables.get("dominant_class")
     epoch = tables.get("logit_gradients_epoch")
-    order = _series_order(grads)
+    if epoch is not None and not len(epoch):
+        epoch = None
+    if grads is None and summary is None and epoch is None:
+        return empty_figure(TITLE, missing)
+    order = _series_order(grads if grads is not None else summary if summary is not None else epoch)
     style()
-    rows = [[f"batch:{s}" for s in order]]
-    if epoch is not None and len(epoch):
+    rows = [[f"batch:{s}" for s in order]] if grads is not None else []
+    if epoch is not None:
         rows.append([f"epoch:{s}" for s in order])
-    rows.append(["shares"] * len(order))
+    if summary is not None:
+        rows.append(["shares"] * len(order))
     fig = plt.figure(figsize=(3.6 * len(order) + 0.8, 3.4 * len(rows)), layout="constrained")
     axes = fig.subplot_mosaic(rows, height_ratios=[1.35] + [1.0] * (len(rows) - 1))
     image = None
     batch_size = 1
     for series in order:
-        seed, network = representative_network(summary, series)
-        b = _of_network(grads, series, seed, network)
-        s = _of_network(summary[summary["scope"] == "batch"], series, seed, network).iloc[0]
-        batch_size = int(s["n_images"])
-        ax = axes[f"batch:{series}"]
-        image = _batch_heatmap(ax, b)
-        ax.set_title(
-            f"{series_label(series)}, one mini-batch (median network)\n{s['dominant_share']:.0%} of images: "
-            f"class {int(s['dominant_class'])} with p > 1/2",
-            fontsize=9,
-        )
-        ax.set_xlabel("class (logit)")
-        ax.set_xticks(range(b["class"].nunique()))
-        ax.grid(False)
-        ax.set_ylabel(f"image (sorted by label)\nseed {seed}, network {network}", fontsize=8)
-        if epoch is not None and len(epoch):
+        if summary is not None:
+            seed, network = representative_network(summary, series)
+        else:  # no shares to choose by: the first network of the first seed
+            first = (grads if grads is not None else epoch).query("series == @series")
+            seed = int(first["seed"].min()) if "seed" in first else None
+            network = int(first["network"].min())
+        if grads is not None:
+            b = _of_network(grads, series, seed, network)
+            batch_size = int(b["image"].nunique())
+            ax = axes[f"batch:{series}"]
+            image = _batch_heatmap(ax, b)
+            title = f"{series_label(series)}, one mini-batch ({'median network' if summary is not None else 'network ' + str(network)})"
+            if summary is not None:
+                s = _of_network(summary[summary["scope"] == "batch"], series, seed, network).iloc[0]
+                title += f"\n{s['dominant_share']:.0%} of images: class {int(s['dominant_class'])} with p > 1/2"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("class (logit)")
+            ax.set_xticks(range(b["class"].nunique()))
+            ax.grid(False)
+            ax.set_ylabel(f"image (sorted by label)\nseed {seed}, network {network}", fontsize=8)
+        elif summary is not None:
+            batch = summary[(summary["scope"] == "batch") & (summary["series"] == series)]
+            batch_size = int(batch["n_images"].iloc[0]) if len(batch) else batch_size
+        if epoch is not None:
             e = _of_network(epoch, series, seed)
             ax = axes[f"epoch:{series}"]
             if not len(e):
                 ax.set_axis_off()
                 continue
-            _epoch_heatmap(ax, e, batch_size)
+            image = _epoch_heatmap(ax, e, batch_size)
             n = int(e[e["class"] == 0]["n_images"].sum())
             ax.set_title(f"{series_label(series)}, epoch average\nby true class ({n} images)", fontsize=9)
             ax.set_xlabel("class (logit)")
@@ -318,9 +342,16 @@ def plot(tables: dict[str, pd.DataFrame]):
             ax.grid(False)
             ax.set_ylabel(f"true class\nseed {seed}, network {int(e['network'].iloc[0])}", fontsize=8)
     limit = _colour_limit(batch_size)
-    fig.colorbar(image, ax=[axes[k] for k in axes if k != "shares"], shrink=0.6, label=f"d (mean loss) / d logit, +-1/(2B) = +-{limit:.2g}")
-    _shares_panel(axes["shares"], summary[summary["scope"] == "batch"], order)
+    if image is not None:
+        fig.colorbar(
+            image, ax=[axes[k] for k in axes if k != "shares"], shrink=0.6, label=f"d (mean loss) / d logit, +-1/(2B) = +-{limit:.2g}"
+        )
+    if summary is not None:
+        _shares_panel(axes["shares"], summary[summary["scope"] == "batch"], order)
     fig.suptitle(TITLE, fontsize=10)
+    if missing:
+        what = {"logit_gradients": "the one-batch heatmaps", "dominant_class": "the shares of images (the median network)"}
+        say_missing(fig, missing, " and ".join(what[m] for m in missing))
     return fig
 
 
@@ -349,24 +380,42 @@ def _max_gradient_of_the_mean_loss(grads: pd.DataFrame) -> float:
     return float(scale.max()) if len(scale) else float("nan")
 
 
+def _stand_in_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The networks the gradient tables name, with no shares: a stand-in for an absent
+    ``dominant_class`` (its claims keep their statements and are made not evaluable)."""
+    keys = [k for k in ("seed", "series", "network") if k in tables["logit_gradients"]]
+    rows = [tables["logit_gradients"].drop_duplicates(keys)[keys].assign(scope="batch")]
+    if tables.get("logit_gradients_epoch") is not None:
+        rows.append(tables["logit_gradients_epoch"].drop_duplicates(keys)[keys].assign(scope="epoch"))
+    return pd.concat(rows, ignore_index=True).assign(dominant_share=np.nan)
+
+
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
-    summary = tables["dominant_class"]
+    missing = lacking(tables, "logit_gradients", "dominant_class")
+    if len(missing) == 2:
+        return placeholder_claims(FIGURE, missing)
+
+    def of(table: str, found: list[Claim]) -> list[Claim]:  # the claims measured on ``table``
+        return unevaluable(found, [table]) if table in missing else found
+
+    summary = tables["dominant_class"] if "dominant_class" not in missing else _stand_in_summary(tables)
+    grads = tables.get("logit_gradients")
     present = set(summary["series"])
     collapsed = (
         f"fraction of networks giving one class p > 1/2 for >= {NEARLY_EVERY:.0%} of the images (labelled otherwise), one mini-batch each"
     )
-    found = [
-        Claim(
-            f"The heatmap's scale is the paper's colour bar (~+-{PAPER_COLOUR_SCALE:g}, batch ~128): the gradient of the batch-mean loss",
-            "max |d (mean loss) / d logit| = max |softmax - onehot| / B, every network",
-            _max_gradient_of_the_mean_loss(tables["logit_gradients"]),
-            **near(PAPER_COLOUR_SCALE, SCALE_FACTOR),
-            kind="sanity",
-            note="fixed by cross-entropy and the batch size (at most 1/B): checks the set-up, not the networks",
-        )
-    ]
+    scale = Claim(
+        f"The heatmap's scale is the paper's colour bar (~+-{PAPER_COLOUR_SCALE:g}, batch ~128): the gradient of the batch-mean loss",
+        "max |d (mean loss) / d logit| = max |softmax - onehot| / B, every network",
+        _max_gradient_of_the_mean_loss(grads) if grads is not None else float("nan"),
+        **near(PAPER_COLOUR_SCALE, SCALE_FACTOR),
+        kind="sanity",
+        note="fixed by cross-entropy and the batch size (at most 1/B): checks the set-up, not the networks",
+    )
+    found = of("logit_gradients", [scale])
+    collapse = []
     if "none" in present:
-        found.append(
+        collapse.append(
             Claim(
                 "Without BN the network predicts one class for every image, irrespective of the input (one saturated column)",
                 f"{collapsed}, no BN",
@@ -376,7 +425,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             )
         )
         if (summary["scope"] == "epoch").any():
-            found.append(
+            collapse.append(
                 Claim(
                     "... and over a whole epoch, not only in one mini-batch",
                     "fraction of the epoch's images (labelled otherwise) giving the dominant class p > 1/2, no BN, the median network",
@@ -386,7 +435,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 )
             )
     if "bn" in present:
-        found.append(
+        collapse.append(
             Claim(
                 "With BN the pattern depends on the input: (nearly) no BN network predicts one class for every image",
                 f"{collapsed}, BN",
@@ -396,7 +445,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             )
         )
     if "nf" in present:
-        found.append(
+        collapse.append(
             Claim(
                 "(beyond the paper) Neither does the NF-ResNet",
                 f"{collapsed}, NF",
@@ -406,7 +455,7 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
                 kind="extension",
             )
         )
-    return found
+    return found + of("dominant_class", collapse)
 
 
 def _epoch_share(summary: pd.DataFrame, series: str) -> float:

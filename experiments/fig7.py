@@ -26,6 +26,8 @@ from nfstudy.plots import figure
 from nfstudy.randmat import fuss_catalan_edge, product_singular_values
 from nfstudy.runtime import derived_seed, progress, resolve_device
 
+from ._common import empty_figure, lacking, placeholder_claims, say_missing, unevaluable
+
 FIGURE = "fig7"
 TITLE = "Singular values of products of random Gaussian matrices (Bjorck et al. 2018, Fig. 7)"
 
@@ -149,7 +151,11 @@ def plot(tables: dict[str, pd.DataFrame], bins: int = 60):
     """One histogram (density) per number of factors on a common linear axis, the
     Fuss-Catalan edge dashed; last panel: all of them on a log axis, where the mass
     near 0 shows."""
-    values, summary = tables["singular_values"], tables["singular_value_summary"]
+    missing = lacking(tables, "singular_values", "singular_value_summary")
+    if "singular_values" in missing:  # the histograms are the figure
+        return empty_figure(TITLE, missing, "the histograms")
+    values = tables["singular_values"]
+    summary = tables["singular_value_summary"] if not missing else _summary_columns(values)
     factors = sorted(values["factors"].unique())
     n_seeds = values["seed"].nunique()
     fig, axes = figure(1, len(factors) + 1, width=3.3, height=3.0)
@@ -190,12 +196,36 @@ def plot(tables: dict[str, pd.DataFrame], bins: int = 60):
     size, samples = int(summary["size"].iloc[0]), int(summary["samples"].iloc[0])
     seeds = f"; mean of {n_seeds} seeds, band +- one std" if n_seeds > 1 else ""
     fig.suptitle(f"{TITLE}\n{samples} products of {size}x{size} matrices with N(0, 1/{size}) entries per panel{seeds}", fontsize=10)
+    if missing:
+        say_missing(fig, missing, "the fraction below the threshold and the largest value (shown as nan)")
     return fig
+
+
+def _summary_columns(values: pd.DataFrame) -> pd.DataFrame:
+    """A summary with what ``values`` says and no measured numbers: a stand-in for an absent
+    ``singular_value_summary`` (the threshold ``small`` is the default's; the plot shows nan,
+    the claims are made not evaluable)."""
+    rows = values.groupby("factors")["sample"].nunique().rename("samples").reset_index()
+    one = [c for c in ("seed", "factors", "sample") if c in values]  # the singular values of one product
+    size = int(values.groupby(one).size().max()) if len(values) else 0
+    return rows.assign(
+        size=size,
+        mean_square=np.nan,
+        largest=np.nan,
+        edge=[fuss_catalan_edge(int(k)) for k in rows["factors"]],
+        median=np.nan,
+        small=Params().small,
+        frac_small=np.nan,
+    )
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     """Every claim is a theorem about random matrices (kind ``sanity``): it checks the
     set-up, and counts toward no reproduction score."""
+    if lacking(tables, "singular_value_summary"):  # the factor counts of the values, their claims not evaluable
+        if lacking(tables, "singular_values"):
+            return placeholder_claims(FIGURE, ["singular_value_summary"])
+        return unevaluable(claims({"singular_value_summary": _summary_columns(tables["singular_values"])}), ["singular_value_summary"])
     s = tables["singular_value_summary"].groupby("factors").mean(numeric_only=True).sort_index()
     found = [
         Claim(

@@ -45,7 +45,7 @@ from nfstudy.plots import figure, series_color, series_label
 from nfstudy.probes import activation_statistics
 from nfstudy.runtime import progress, resolve_device
 
-from ._common import NetworkParams, check_network_params, make_resnet
+from ._common import NetworkParams, check_network_params, empty_figure, lacking, make_resnet, placeholder_claims
 
 FIGURE = "spp"
 TITLE = "Signal propagation at initialisation (Brock, De, Smith 2021)"
@@ -199,6 +199,8 @@ def plot(tables: dict[str, pd.DataFrame]):
     scale (the no-BN network's explosion would flatten them). Columns: the three
     statistics. Lines: the mean over seeds (band +- one std of log10); NF's analytic
     variance dashed; dotted lines at each stage's transition block."""
+    if lacking(tables, "signal_propagation"):
+        return empty_figure(TITLE, ["signal_propagation"])
     table = tables["signal_propagation"]
     inputs = _order(table, "input")
     all_series = _order(table, "series")
@@ -259,6 +261,8 @@ def _branch_mean_share(table: pd.DataFrame, series: str, input_kind: str) -> flo
 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
+    if lacking(tables, "signal_propagation"):
+        return placeholder_claims(FIGURE, ["signal_propagation"])
     table = tables["signal_propagation"]
     present, inputs = set(table["series"]), _order(table, "input")
     on = f"worst of {' and '.join(inputs)} input"

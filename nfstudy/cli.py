@@ -4,6 +4,7 @@
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
     python -m nfstudy aggregate fig2 --profile quick
+    python -m nfstudy claims fig2 --profile quick     # re-derive each seed's claims from its tables
     python -m nfstudy report
 
 ``run`` executes ``notebooks/<figure>.ipynb`` with papermill once per seed, writing the
@@ -388,6 +389,23 @@ def _cmd_aggregate(args) -> int:
     return 0
 
 
+def _cmd_claims(args) -> int:
+    import pandas as pd
+
+    from .report import rederive_claims
+
+    changes = rederive_claims(args.figure, args.profile, args.results)
+    for folder, changed in changes.items():
+        if changed.empty:
+            print(f"[nfstudy] {folder}: claims unchanged", file=sys.stderr)
+            continue
+        print(f"[nfstudy] {folder}: {len(changed)} claim(s) changed (run.json records it):", file=sys.stderr)
+        with pd.option_context("display.max_colwidth", 70, "display.width", 200):
+            print(changed.to_string(index=False), file=sys.stderr)
+    aggregate(args.figure, args.profile, args.results)
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
 
@@ -436,6 +454,15 @@ def _parser() -> argparse.ArgumentParser:
     agg.add_argument("--profile", default="paper")
     agg.add_argument("--results")
     agg.set_defaults(func=_cmd_aggregate)
+
+    rederive = sub.add_parser(
+        "claims",
+        help="re-derive every completed seed's claims.csv from its stored tables (after changing a figure's claims), then aggregate",
+    )
+    rederive.add_argument("figure")
+    rederive.add_argument("--profile", default="paper")
+    rederive.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
+    rederive.set_defaults(func=_cmd_claims)
 
     report = sub.add_parser("report", help="results/README.md: every figure present, its claims and run facts")
     report.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")

@@ -138,7 +138,7 @@ def _claims_numbers(folder: Path) -> Callable[[str], dict[str, Any]]:
         return {
             "claims": int(len(claims)),
             "claims_passed": int(passed.sum()),
-            "tables": len(list((folder / "seed=0").glob("*.csv"))),
+            "tables": len(list((folder / "seed=0").glob("*.csv*"))),  # large ones are .csv.gz
             "run_status": meta.get("status"),
         }
 

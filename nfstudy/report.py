@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import runs
-from .claims import SEED_RULE, across_seeds, score
+from .claims import SEED_RULE, across_seeds, claims_table, normalize, score
 
-__all__ = ["aggregate", "build_report"]
+__all__ = ["aggregate", "build_report", "rederive_claims"]
 
 PROFILE_ORDER = ("paper", "quick")
 
@@ -82,13 +83,26 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
 
 def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) -> tuple[Path, pd.DataFrame]:
     """Draw ``<figure>.png`` and write ``claims.csv`` over every completed seed of a
-    figure and profile, from the seeds' CSVs; returns the image path and the claims."""
+    figure and profile, from the seeds' CSVs; returns the image path and the claims.
+
+    A seed folder lacking a table (results copied without their large tables, say) does not
+    stop it: each table is taken from the seeds that hold it, the plot draws what it can,
+    and one line on stderr names each seed and the tables it lacks."""
     import matplotlib.pyplot as plt
 
     root = Path(root or runs.results_root())
     module = _figures().load(figure)
-    tables = runs.load_tables(figure, profile, root)
-    per_seed = runs.load_table(figure, "claims", profile, root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the loaders below name each skipped run
+        folders = runs.seed_dirs(figure, profile, root)
+    for folder, names in runs.missing_tables(folders, exclude=()).items():
+        print(
+            f"[nfstudy] {figure} ({profile}): {folder.name} lacks {', '.join(names)}: the figure is drawn from the seeds "
+            f"that hold {'them' if len(names) > 1 else 'it'}, the claims from each seed's claims.csv (re-run the seed to restore it)",
+            file=sys.stderr,
+        )
+    tables = runs.load_tables(figure, profile, root, missing="skip")
+    per_seed = runs.load_table(figure, "claims", profile, root, missing="skip")
     folder = root / figure / profile
     fig = module.plot(tables)
     image = runs.atomic_save_figure(fig, folder / f"{figure}.png")
@@ -96,6 +110,50 @@ def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) 
     claims = across_seeds(per_seed)
     runs.atomic_write_csv(claims, folder / "claims.csv")
     return image, claims
+
+
+def rederive_claims(figure: str, profile: str, root: str | os.PathLike | None = None) -> dict[Path, pd.DataFrame]:
+    """Recompute every completed seed's ``claims.csv`` from its stored tables with the
+    figure's current ``claims`` (after a change to the claims code), record each changed
+    file in its ``run.json`` (checksum, and a note of when and by which commit);
+    :func:`aggregate` then redoes the cross-seed claims (``python -m nfstudy claims`` does
+    both). Every seed's tables are read and checked before anything is written:
+    a table that does not match its run.json refuses the whole command, naming it.
+    Returns, per seed folder, the rows whose value or outcome changed (columns ``claim``,
+    ``before``, ``after``, ``outcome_before``, ``outcome_after``)."""
+    root = Path(root or runs.results_root())
+    module = _figures().load(figure)
+    folders = runs.seed_dirs(figure, profile, root)
+    if not folders:
+        raise FileNotFoundError(f"no completed runs of {figure} ({profile}) under {root / figure / profile}: nothing to re-derive")
+    derived = [(folder, claims_table(figure, module.claims(runs.read_tables(folder)))) for folder in folders]
+    changes = {}
+    for folder, claims in derived:
+        try:
+            before = normalize(runs.read_table(folder, "claims"))
+        except (FileNotFoundError, runs.CorruptResultError):  # rewritten whole, as it is derived
+            before = pd.DataFrame(columns=["claim", "value", "outcome"])
+        runs.rewrite_table(folder, "claims", claims, f"claims re-derived from the stored tables by `nfstudy claims {figure}`")
+        changes[folder] = _claim_changes(before, claims)
+    return changes
+
+
+def _claim_changes(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The claims (by statement) whose value or outcome differs, or that one side lacks."""
+    old = before.drop_duplicates("claim").set_index("claim")
+    new = after.drop_duplicates("claim").set_index("claim")
+    rows = []
+    for claim in dict.fromkeys([*new.index, *old.index]):
+        a = old.loc[claim] if claim in old.index else None
+        b = new.loc[claim] if claim in new.index else None
+        values = [float("nan") if x is None else float(x["value"]) for x in (a, b)]
+        outcomes = ["absent" if x is None else str(x["outcome"]) for x in (a, b)]
+        same_value = values[0] == values[1] or (math.isnan(values[0]) and math.isnan(values[1]))
+        if not same_value or outcomes[0] != outcomes[1]:
+            rows.append(
+                {"claim": claim, "before": values[0], "after": values[1], "outcome_before": outcomes[0], "outcome_after": outcomes[1]}
+            )
+    return pd.DataFrame(rows, columns=["claim", "before", "after", "outcome_before", "outcome_after"])
 
 
 def _aggregate(result: ProfileResult, root: Path) -> None:

@@ -6,6 +6,11 @@ Layout (a contract, see README.md)::
         <figure>.ipynb   run.json   *.csv (tidy)   claims.csv   <figure>.png
     results/<figure>/<profile>/<figure>.png   results/<figure>/<profile>/claims.csv
 
+A table whose CSV is larger than :data:`COMPRESS_ABOVE` is stored gzip-compressed as
+``<name>.csv.gz`` (deterministic: no time stamp, no file name in the header), so that
+the committed gallery can hold every table; pandas reads it as it is
+(``pd.read_csv("gradient_values.csv.gz")``), and every loader here takes either form.
+
 Every file is written to a temporary name in the same folder and renamed into place,
 so a crash never leaves a half-written CSV. What survives what:
 
@@ -14,8 +19,11 @@ so a crash never leaves a half-written CSV. What survives what:
   run that fails, is interrupted or killed never touches the last completed result of
   its seed, and its attempt folder (run.json, executed notebook, checkpoints) stays for
   inspection; the next run of the seed resumes from it.
-* ``run.json`` records each table's row count and SHA-256 (``tables``); the loaders
-  refuse a table that does not match, naming it and the fix.
+* ``run.json`` records each table's file name, row count and SHA-256 of the file as
+  stored (``tables``); the loaders refuse a table that does not match, naming it and the
+  fix. Claims re-derived later from the stored tables (:func:`rewrite_table`, by
+  ``python -m nfstudy claims``) are recorded the same way, with a note of when and by
+  which commit (``rederived``).
 * A per-seed lock (``.seed=<S>.lock``: pid, host, start time, held with ``flock``):
   a second run of a running seed stops with the other's pid; the lock of a killed run
   is released by the kernel and reported as stale, and its attempt recorded ``killed``.
@@ -30,6 +38,7 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -57,6 +66,7 @@ except ImportError:  # Windows: no per-seed lock
 
 __all__ = [
     "ATTEMPT_SUFFIX",
+    "COMPRESS_ABOVE",
     "CorruptResultError",
     "Run",
     "SeedBusyError",
@@ -67,13 +77,18 @@ __all__ = [
     "load_table",
     "load_tables",
     "mark_run",
+    "missing_tables",
     "prepare_attempt",
     "publish",
     "read_run",
+    "read_table",
+    "read_tables",
+    "rewrite_table",
     "run_problem",
     "results_root",
     "run_dir",
     "seed_dirs",
+    "table_files",
     "verify_tables",
 ]
 
@@ -81,6 +96,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 STATUSES = ("running", "completed", "failed", "interrupted", "killed")
 ATTEMPT_SUFFIX = ".attempt"  # seed=<S>.attempt/: the run in progress, or the last one that did not complete
+# A table whose CSV is larger than this (bytes) is stored as ``<name>.csv.gz``: fig2's
+# gradient values (~1.5 MB of CSV a seed, ~0.6 MB compressed) and the like, so that the
+# committed gallery holds every table. Smaller tables stay plain CSV, which git diffs.
+COMPRESS_ABOVE = 1_000_000
+TABLE_SUFFIXES = (".csv", ".csv.gz")  # a table's file: <name>.csv or <name>.csv.gz
 _VERSIONED = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "seaborn", "scikit-learn", "papermill")
 
 
@@ -487,6 +507,65 @@ def _rerun_hint(meta: Mapping[str, Any] | None) -> str:
     return f"re-run the seed (python -m nfstudy run {meta['figure']} --profile {meta.get('profile')} --seed {meta.get('seed')})"
 
 
+_NEWLINE = b"\n"
+
+
+def table_name(path: str | os.PathLike) -> str | None:
+    """The table a file holds (``gradient_values`` of ``gradient_values.csv.gz``), or None
+    for a file that is no table."""
+    name = Path(path).name
+    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def encode_table(df: pd.DataFrame) -> tuple[str, bytes]:
+    """``(suffix, bytes)`` of a table as stored: tidy CSV, gzip-compressed (no time stamp, no
+    file name: the same table gives the same bytes) when larger than :data:`COMPRESS_ABOVE`."""
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False)
+    data = buffer.getvalue().encode()
+    if len(data) > COMPRESS_ABOVE:
+        return ".csv.gz", gzip.compress(data, compresslevel=9, mtime=0)
+    return ".csv", data
+
+
+def _decoded(path: Path, data: bytes) -> bytes:
+    """The CSV text of a stored table (decompressed if it is a ``.csv.gz``); raises
+    :class:`CorruptResultError` when a compressed file cannot be decompressed."""
+    if not path.name.endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, ValueError) as error:
+        raise CorruptResultError(f"{path} is not a readable gzip file ({error})") from None
+
+
+def table_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Every table stored in a run folder, ``{name: path}``. Where both forms of one table
+    lie there (a stray copy), the one ``run.json`` records wins, else the plain CSV."""
+    folder = Path(folder)
+    recorded = (read_run(folder) or {}).get("tables")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []:
+        name = table_name(path)
+        if name is None or path.name.startswith("."):
+            continue
+        if name not in found or (path.name in recorded and found[name].name not in recorded):
+            found[name] = path
+    return found
+
+
+def _recorded_file(recorded: Mapping[str, Any], name: str) -> str | None:
+    """The file name ``run.json`` records for table ``name`` (either form), or None."""
+    for suffix in TABLE_SUFFIXES:
+        if f"{name}{suffix}" in recorded:
+            return f"{name}{suffix}"
+    return None
+
+
 def verify_tables(folder: str | os.PathLike, names: Iterable[str] | None = None) -> None:
     """Check the tables of a run folder against the row counts and SHA-256 in its
     ``run.json`` (all recorded tables, or those ``names``, without ``.csv``); raise
@@ -501,7 +580,11 @@ def verify_tables(folder: str | os.PathLike, names: Iterable[str] | None = None)
         return
     if not isinstance(recorded, dict):
         raise CorruptResultError(f"{folder / 'run.json'}: its 'tables' entry is damaged; {_rerun_hint(meta)}")
-    wanted = recorded if names is None else [f"{n}.csv" for n in names]
+    if names is None:
+        wanted = list(recorded)
+    else:
+        stored = table_files(folder)
+        wanted = [_recorded_file(recorded, n) or (stored[n].name if n in stored else f"{n}.csv") for n in names]
     for file in wanted:
         path = folder / file
         entry = recorded.get(file)
@@ -514,9 +597,12 @@ def verify_tables(folder: str | os.PathLike, names: Iterable[str] | None = None)
         except FileNotFoundError:
             raise CorruptResultError(f"{path} is missing (its run.json lists it); restore it or {_rerun_hint(meta)}") from None
         if _sha256(data) != entry.get("sha256"):
-            rows = max(data.count(b"\n") - 1, 0)
+            try:
+                rows = f"{max(_decoded(path, data).count(_NEWLINE) - 1, 0)} found"
+            except CorruptResultError:
+                rows = "not readable as gzip"
             raise CorruptResultError(
-                f"{path} does not match its run.json ({entry.get('rows')} rows recorded, {rows} found; checksum differs): "
+                f"{path} does not match its run.json ({entry.get('rows')} rows recorded, {rows}; checksum differs): "
                 f"it was truncated or changed after the run. Restore it or {_rerun_hint(meta)}"
             )
 
@@ -539,6 +625,32 @@ def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
     attempt = {k: old.get(k) for k in ("started", "finished", "status", "error", "duration_s", "pid")}
     earlier = old.get("earlier_attempts")
     return [*(earlier if isinstance(earlier, list) else []), attempt]
+
+
+def _with_seed(df: pd.DataFrame, seed: Any) -> pd.DataFrame:
+    """The table with a leading ``seed`` column (unless it has one)."""
+    if "seed" in df.columns:
+        return df
+    df = df.copy()
+    df.insert(0, "seed", seed)
+    return df
+
+
+def _store_table(folder: Path, meta: dict[str, Any], name: str, df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Write table ``name`` into ``folder`` (atomically, in its stored form) and record it in
+    ``meta["tables"]`` (not yet written to run.json); the other form of the same table, if
+    any (a table that grew past or shrank below :data:`COMPRESS_ABOVE`), is removed."""
+    df = _with_seed(df, seed)
+    suffix, data = encode_table(df)
+    atomic_write(folder / f"{name}{suffix}", data)
+    tables = meta.setdefault("tables", {})
+    for other in TABLE_SUFFIXES:
+        if other != suffix:
+            tables.pop(f"{name}{other}", None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / f"{name}{other}")
+    tables[f"{name}{suffix}"] = {"rows": len(df), "sha256": _sha256(data)}
+    return df
 
 
 class Run:
@@ -631,16 +743,10 @@ class Run:
         return self.meta["seed"]
 
     def save_table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
-        """Write ``<name>.csv`` (tidy, with a leading ``seed`` column) and record its rows
-        and checksum in ``run.json``; returns what was written."""
-        if "seed" not in df.columns:
-            df = df.copy()
-            df.insert(0, "seed", self.seed)
-        buffer = io.StringIO()
-        df.to_csv(buffer, index=False)
-        data = buffer.getvalue().encode()
-        atomic_write(self.dir / f"{name}.csv", data)
-        self.meta.setdefault("tables", {})[f"{name}.csv"] = {"rows": len(df), "sha256": _sha256(data)}
+        """Write ``<name>.csv`` (tidy, with a leading ``seed`` column; ``<name>.csv.gz`` when
+        larger than :data:`COMPRESS_ABOVE`) and record its file, rows and checksum in
+        ``run.json``; returns what was written."""
+        df = _store_table(self.dir, self.meta, name, df, self.seed)
         self._write_meta()
         return df
 
@@ -728,45 +834,140 @@ def _no_runs(figure: str, profile: str, root: str | os.PathLike | None) -> FileN
     return FileNotFoundError(f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first")
 
 
+def _read_verified(folder: Path, name: str, path: Path) -> pd.DataFrame:
+    verify_tables(folder, [name])
+    try:
+        return pd.read_csv(path)  # a .csv.gz is decompressed by pandas (from its suffix)
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as error:  # a run written before tables were recorded
+        raise CorruptResultError(f"{path} cannot be read as a table ({error}); {_rerun_hint(read_run(folder))}") from None
+
+
+def _absent(folder: Path, name: str) -> FileNotFoundError:
+    meta = read_run(folder)
+    listed = isinstance((meta or {}).get("tables"), dict) and _recorded_file(meta["tables"], name)
+    why = f"; its run wrote it ({listed}) but the file was not kept: {_rerun_hint(meta)}" if listed else ""
+    return FileNotFoundError(f"{folder / name}.csv does not exist; tables of this run: {', '.join(sorted(table_files(folder)))}{why}")
+
+
+def read_table(folder: str | os.PathLike, name: str) -> pd.DataFrame:
+    """Table ``name`` of one seed folder (``<name>.csv`` or ``<name>.csv.gz``), checked against
+    its ``run.json``; FileNotFoundError naming the tables the folder holds when it has none."""
+    folder = Path(folder)
+    path = table_files(folder).get(name)
+    if path is None:
+        raise _absent(folder, name)
+    return _read_verified(folder, name, path)
+
+
+def read_tables(folder: str | os.PathLike, exclude: Iterable[str] = ("claims",)) -> dict[str, pd.DataFrame]:
+    """Every table one seed folder holds, ``{name: DataFrame}``, each checked against its
+    ``run.json`` (what a figure's ``claims`` and ``plot`` take for one seed)."""
+    folder = Path(folder)
+    return {name: _read_verified(folder, name, path) for name, path in table_files(folder).items() if name not in set(exclude)}
+
+
+def missing_tables(folders: Iterable[str | os.PathLike], exclude: Iterable[str] = ("claims",)) -> dict[Path, list[str]]:
+    """Per seed folder, the tables it lacks: those its ``run.json`` lists or another of the
+    ``folders`` holds, but it does not (only folders that lack one appear)."""
+    folders = [Path(f) for f in folders]
+    held = {f: set(table_files(f)) - set(exclude) for f in folders}
+    listed = {}
+    for f in folders:
+        recorded = (read_run(f) or {}).get("tables")
+        listed[f] = {n for n in map(table_name, recorded if isinstance(recorded, dict) else []) if n} - set(exclude)
+    every = set().union(*held.values(), *listed.values()) if folders else set()
+    return {f: sorted(every - held[f]) for f in folders if every - held[f]}
+
+
 def load_table(
     figure: str,
     table: str,
     profile: str = "paper",
     root: str | os.PathLike | None = None,
     seeds: Iterable[int] | None = None,
+    *,
+    missing: str = "raise",
 ) -> pd.DataFrame:
     """One table of a figure over every completed seed, as a single DataFrame; every
-    seed's file is checked against its ``run.json`` (:func:`verify_tables`).
+    seed's file (``<table>.csv`` or ``<table>.csv.gz``) is checked against its ``run.json``
+    (:func:`verify_tables`). A seed without the table raises FileNotFoundError naming it,
+    or with ``missing="skip"`` is left out (:func:`missing_tables` says which).
 
     >>> df = load_table("fig2", "gradient_summary", profile="quick")   # doctest: +SKIP
     """
+    if missing not in ("raise", "skip"):
+        raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
     wanted = None if seeds is None else {int(s) for s in seeds}
-    frames = []
+    frames, folders = [], []
     for folder in seed_dirs(figure, profile, root):
-        path = folder / f"{table}.csv"
         if wanted is not None and _seed_key(folder)[1] not in wanted:
             continue
-        if not path.is_file():
-            available = sorted(p.stem for p in folder.glob("*.csv"))
-            raise FileNotFoundError(f"{path} does not exist; tables of this run: {', '.join(available)}")
-        verify_tables(folder, [table])
-        try:
-            frames.append(pd.read_csv(path))
-        except (ValueError, UnicodeDecodeError) as error:  # a run written before tables were recorded
-            raise CorruptResultError(f"{path} cannot be read as a table ({error}); {_rerun_hint(read_run(folder))}") from None
+        folders.append(folder)
+        path = table_files(folder).get(table)
+        if path is None:
+            if missing == "skip":
+                continue
+            raise _absent(folder, table)
+        frames.append(_read_verified(folder, table, path))
     if not frames:
+        if folders:  # with missing="skip": no seed holds it
+            raise FileNotFoundError(
+                f"no completed run of {figure} ({profile}) holds the table {table!r}; "
+                f"tables they hold: {', '.join(sorted(set().union(*(table_files(f) for f in folders))))}"
+            )
         raise _no_runs(figure, profile, root)
     return pd.concat(frames, ignore_index=True)
 
 
 def load_tables(
-    figure: str, profile: str = "paper", root: str | os.PathLike | None = None, exclude: Iterable[str] = ("claims",)
+    figure: str,
+    profile: str = "paper",
+    root: str | os.PathLike | None = None,
+    exclude: Iterable[str] = ("claims",),
+    *,
+    missing: str = "raise",
 ) -> dict[str, pd.DataFrame]:
-    """Every table of a figure over all completed seeds: ``{table name: DataFrame}``."""
+    """Every table of a figure over all completed seeds: ``{table name: DataFrame}``. With
+    ``missing="skip"`` a table is taken from the seeds that hold it (and left out when none
+    does); otherwise a seed lacking a table another holds raises FileNotFoundError."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # load_table names each skipped run once
         folders = seed_dirs(figure, profile, root)
     if not folders:
         raise _no_runs(figure, profile, root)
-    names = sorted({p.stem for folder in folders for p in folder.glob("*.csv")} - set(exclude))
-    return {name: load_table(figure, name, profile, root) for name in names}
+    names = sorted(set().union(*(table_files(f) for f in folders)) - set(exclude))
+    return {name: load_table(figure, name, profile, root, missing=missing) for name in names}
+
+
+def rewrite_table(folder: str | os.PathLike, name: str, df: pd.DataFrame, why: str) -> Path:
+    """Replace table ``name`` of a completed seed folder (claims re-derived from its stored
+    tables, say), under the seed's lock: the file is written atomically, its checksum
+    recorded in ``run.json`` with a note in ``rederived`` (when, why, the commit, the
+    previous checksum). A table equal to the stored one changes nothing. Returns its file."""
+    folder = Path(folder)
+    meta, problem = _read_json_object(folder / "run.json")
+    if meta is None:
+        raise CorruptResultError(f"{folder / 'run.json'}: {problem}; {_rerun_hint(None)} or delete {folder}")
+    if meta.get("status") != "completed":
+        raise ValueError(f"{folder} holds no completed run (status {meta.get('status')!r}): run the seed first")
+    with acquire_lock(folder, what=f"{meta.get('figure')} seed {meta.get('seed')} ({meta.get('profile')})"):
+        meta = read_run(folder) or meta  # as it is now that no run can swap the folder
+        recorded = meta.get("tables") if isinstance(meta.get("tables"), dict) else {}
+        before = recorded.get(_recorded_file(recorded, name) or "", {}).get("sha256")
+        suffix, data = encode_table(_with_seed(df, meta.get("seed")))
+        if _sha256(data) == before and (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"  # the same table: nothing to write, nothing to note
+        _store_table(folder, meta, name, df, meta.get("seed"))
+        meta.setdefault("rederived", []).append(
+            {
+                "table": _recorded_file(meta["tables"], name),
+                "why": why,
+                "at": _now(),
+                "git": _git(),
+                "nfstudy": _versions()["nfstudy"],
+                "command": os.environ.get("NFSTUDY_COMMAND") or " ".join(sys.argv),
+                "previous_sha256": before,
+            }
+        )
+        atomic_write_json(meta, folder / "run.json")
+    return folder / _recorded_file(meta["tables"], name)

@@ -92,6 +92,26 @@ def test_a_pipe_in_a_claim_or_metric_does_not_split_the_table_row():
     assert "\\|x - y\\|" in row
 
 
+def test_aggregate_over_a_seed_lacking_its_large_table_draws_what_it_can_and_names_it(tmp_path, monkeypatch, capsys):
+    from nfstudy.report import aggregate
+
+    monkeypatch.setattr(runs, "COMPRESS_ABOVE", 10_000)  # the gradient values are "large": stored as .csv.gz
+    root = tmp_path / "results"
+    folders = [_fig2_run(root, seed) for seed in (0, 1)]
+    assert (folders[0] / "gradient_values.csv.gz").is_file()
+    (folders[1] / "gradient_values.csv.gz").unlink()  # a gallery that kept only the small tables
+    capsys.readouterr()
+    image, claims = aggregate("fig2", "quick", root)
+    err = capsys.readouterr().err
+    assert "fig2 (quick): seed=1 lacks gradient_values" in err
+    assert image.stat().st_size > 10_000 and (claims["n_seeds"] == 2).all()  # the claims: every seed's claims.csv
+    (folders[0] / "gradient_values.csv.gz").unlink()  # no seed holds it: the figure says what it could not draw
+    image, claims = aggregate("fig2", "quick", root)
+    err = capsys.readouterr().err
+    assert "seed=0 lacks gradient_values" in err and "not drawn: the histograms (needs the table gradient_values" in err
+    assert image.is_file() and (claims["n_seeds"] == 2).all()
+
+
 # The labels the page puts before a claim of kind extension or sanity.
 LABEL = re.compile(r"\((?:beyond the papers?|sanity check, not counted)\)")
 

@@ -150,3 +150,59 @@ def test_claims_written_before_kinds_and_outcomes_are_read_as_paper_claims():
     old = pd.DataFrame([{"figure": "f", "claim": "c", "metric": "m", "value": 1.0, "comparison": ">", "threshold": 0.0, "passed": True}])
     summary = across_seeds(old.assign(seed=0)).iloc[0]
     assert (summary["kind"], summary["outcome"], summary["n_evaluable"]) == ("paper", "passed", 1)
+
+
+def test_a_large_table_is_stored_gzipped_deterministically_and_read_back_by_every_loader(results_root, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr(runs, "COMPRESS_ABOVE", 200)  # bytes of CSV: "large" for this test
+    big = pd.DataFrame({"x": [i / 7 for i in range(100)]})
+    with runs.Run.start("figx", "quick", 0) as run:
+        run.save_tables({"big": big, "small": pd.DataFrame({"y": [1]})})
+    folder = run.dir
+    assert sorted(p.name for p in folder.glob("*.csv*")) == ["big.csv.gz", "small.csv"]
+    data = (folder / "big.csv.gz").read_bytes()
+    assert data[4:8] == b"\0\0\0\0"  # no time stamp in the gzip header: the same table gives the same bytes
+    assert runs.encode_table(pd.read_csv(folder / "big.csv.gz")) == (".csv.gz", data)
+    meta = runs.read_run(folder)
+    assert meta["tables"]["big.csv.gz"] == {"rows": 100, "sha256": runs._sha256(data)}  # of the file as stored
+    assert "big.csv" not in meta["tables"]
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "big.csv.gz"), big.assign(seed=0)[["seed", "x"]])  # what a user does
+    pd.testing.assert_frame_equal(runs.load_table("figx", "big", "quick"), pd.read_csv(folder / "big.csv.gz"))
+    assert set(runs.load_tables("figx", "quick")) == {"big", "small"}
+    assert runs.read_tables(folder)["big"]["x"].tolist() == big["x"].tolist()
+    # A truncated gzip is refused, named, like a truncated CSV.
+    (folder / "big.csv.gz").write_bytes(data[:-20])
+    with pytest.raises(
+        runs.CorruptResultError, match=r"big\.csv\.gz does not match its run\.json \(100 rows recorded, not readable as gzip"
+    ):
+        runs.load_table("figx", "big", "quick")
+    (folder / "big.csv.gz").write_bytes(gzip.compress(b"seed,x\n0,1\n", mtime=0))
+    with pytest.raises(runs.CorruptResultError, match=r"100 rows recorded, 1 found"):
+        runs.verify_tables(folder)
+
+
+def test_a_table_saved_again_in_its_other_form_replaces_the_first(results_root, monkeypatch):
+    monkeypatch.setattr(runs, "COMPRESS_ABOVE", 200)
+    with runs.Run.start("figx", "quick", 0) as run:
+        run.save_table("t", pd.DataFrame({"x": range(100)}))
+        run.save_table("t", pd.DataFrame({"x": [1]}))  # now small: plain CSV
+    assert [p.name for p in run.dir.glob("t.*")] == ["t.csv"]
+    assert [n for n in runs.read_run(run.dir)["tables"] if n.startswith("t.")] == ["t.csv"]
+
+
+def test_a_seed_lacking_a_table_is_named_and_can_be_skipped(results_root):
+    for seed in (0, 1):
+        with runs.Run.start("figx", "quick", seed) as run:
+            run.save_tables({"t": pd.DataFrame({"x": [seed]}), "u": pd.DataFrame({"y": [seed]})})
+    lacking = results_root / "figx" / "quick" / "seed=1"
+    (lacking / "t.csv").unlink()  # a copy without its large table
+    with pytest.raises(FileNotFoundError, match=r"seed=1/t\.csv does not exist; tables of this run: u; its run wrote it \(t\.csv\)"):
+        runs.load_table("figx", "t", "quick")
+    assert runs.load_table("figx", "t", "quick", missing="skip")["seed"].tolist() == [0]
+    assert runs.missing_tables(runs.seed_dirs("figx", "quick")) == {lacking: ["t"]}
+    assert {k: v["seed"].tolist() for k, v in runs.load_tables("figx", "quick", missing="skip").items()} == {"t": [0], "u": [0, 1]}
+    (results_root / "figx" / "quick" / "seed=0" / "t.csv").unlink()
+    assert set(runs.load_tables("figx", "quick", missing="skip")) == {"u"}
+    with pytest.raises(FileNotFoundError, match="no completed run of figx \\(quick\\) holds the table 't'"):
+        runs.load_table("figx", "t", "quick", missing="skip")
