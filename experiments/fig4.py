@@ -343,7 +343,7 @@ def plot(tables: dict[str, pd.DataFrame]):
     if "channel_moments" in missing:
         return _loss_figure(tables["update_loss"])
     moments = tables["channel_moments"]
-    losses = tables.get("update_loss", pd.DataFrame(columns=["seed", "series", "fraction", "relative_loss"]))
+    losses = tables.get("update_loss", pd.DataFrame(columns=["seed", "series", "fraction", "lr", "relative_loss"]))
     series, layers = _order(moments["series"]), sorted(moments["layer"].unique())
     seeds = sorted(moments["seed"].unique())
     first = moments[moments["seed"] == seeds[0]]
@@ -597,6 +597,9 @@ def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
             layers = sorted(PAPER_MAX_VARIANCE)
         else:
             layers = sorted(moments["layer"].unique())
+            if not (moments["series"] == "none").any():
+                why_not = why_not or "channel_moments has no rows of series none"
+                layers = layers or sorted(PAPER_MAX_VARIANCE)
         found += _magnitude_claims(moments, layers, why_not)
         deep = layers[-1]
         during = np.nan

@@ -72,7 +72,7 @@ def _check(found, full: list[Claim], removed: str, same_values: bool = True) -> 
 
 # Figures whose committed seeds do not yet hold every table (strict: once they do, this
 # test fails until the entry is removed).
-INCOMPLETE = {"fig4": "fig4's quick seeds lack channel_moments until fig4 is regenerated under its new update protocol"}
+INCOMPLETE: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
