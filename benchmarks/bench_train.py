@@ -6,8 +6,8 @@ Baseline (seeds/004, the public reproduction of Bjorck et al.): a torchvision
 copied to the device, and ``.item()`` twice per batch (loss and correct count).
 
 Engine: :func:`nfstudy.train.train` -- the split resident on the device, crop and flip
-as one gather there, no host sync per step; on CUDA also bf16 autocast and channels_last
-(and ``--compile``).
+as one gather there, no host sync per step, in its default precision (fp32 on every device;
+bf16 autocast with channels_last is opt-in, ``precision="bf16"``) (and ``--compile``).
 
 Both train the same model (same initial weights) with the same SGD on the same number of
 images, one epoch each, interleaved (baseline, engine, baseline, engine, ...) so that a
@@ -174,8 +174,8 @@ FUSED_GRIDS: dict[str, list[Shape]] = {
 }
 # One run's step (forward, backward, SGD step; no engine around it) timed as:
 VARIANTS = {
-    "eager fp32": "fp32, contiguous (NCHW), eager",
-    "bf16+channels_last": "bf16 autocast, channels_last, eager (what nfstudy.train does on CUDA)",
+    "eager fp32": "fp32, contiguous (NCHW), eager (what nfstudy.train does by default)",
+    "bf16+channels_last": "bf16 autocast, channels_last, eager (nfstudy.train's precision='bf16')",
     "cuda graph": "bf16+channels_last captured whole (forward, backward, SGD step) as one CUDA graph and replayed (CUDA only)",
     "compile": "bf16+channels_last through torch.compile (mode default); compile_s is the time of the first steps",
 }

@@ -43,9 +43,10 @@ def synthetic():
 
 
 def test_bf16_autocast_and_channels_last_train_like_fp32(synthetic):
-    """Two epochs of a ResNet-20 (20 steps): bf16 autocast with channels_last (the CUDA
-    default) against fp32 in the default layout, from the same weights and batches. bf16
-    keeps 8 mantissa bits, so the losses agree to about 1e-2, not bit for bit."""
+    """Two epochs of a ResNet-20 (20 steps): bf16 autocast with channels_last (``precision=
+    "bf16"``, opt-in) against fp32 in the default layout (the default, ``"auto"``), from the
+    same weights and batches. bf16 keeps 8 mantissa bits, so the losses agree to about 1e-2,
+    not bit for bit."""
     results = {}
     for precision, channels_last in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)
