@@ -216,3 +216,18 @@ def test_a_variant_that_started_and_never_ended_is_reported_unfinished():
     text = bench_tables.markdown([{**started, "variant": "eager fp32"}, done, {**started, "variant": "compile"}])
     unfinished = [line for line in text.splitlines() if "unfinished" in line]
     assert len(unfinished) == 1 and "compile" in unfinished[0] and "stopped at its time limit" in unfinished[0]
+
+
+def test_the_landscape_benchmarks_agreement_bound_follows_the_arithmetic():
+    """benchmarks/bench_landscape.py: 1e-5 in fp32 (the CPU's bound, unchanged; a GPU with
+    TF32 off), TF32's unit roundoff 2^-11 where cuDNN rounds the convolutions' inputs to TF32
+    (the H200 measured 5.9e-5, over 1e-5). In a process of its own: the script silences warnings."""
+    code = (
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import bench_landscape as b\n"
+        "print(b.agreement_bound(torch.device('cpu'))[0])\n"
+        "torch.backends.cudnn.allow_tf32 = True; print(b.agreement_bound(torch.device('cuda'))[0])\n"
+        "torch.backends.cudnn.allow_tf32 = False; print(b.agreement_bound(torch.device('cuda'))[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [float(x) for x in done.stdout.split()] == [1e-5, 2.0**-11, 1e-5]
