@@ -13,8 +13,9 @@ update taken, so the momentum buffers exist: mini-batch 1 of Fig. 3), in one pro
 The two methods alternate within each round (the order flips every round) so that
 machine load hits both alike; we report the median of the per-round ratios of wall time
 and, on a CPU, of this process's CPU time (``time.process_time``), which other processes'
-load on a shared machine disturbs far less. We assert that the relative losses agree to
-1e-5 where both are finite.
+load on a shared machine disturbs far less. We assert that the relative losses agree where
+both are finite, to :func:`agreement_bound`: 1e-5 in fp32, 2^-11 with TF32 convolutions
+(cuDNN's default on a GPU).
 
     .venv/bin/python benchmarks/bench_landscape.py                  # make bench runs this
     .venv/bin/python benchmarks/bench_landscape.py --device cuda    # the batched path on a GPU
@@ -78,6 +79,32 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average {load:.1f}, torch {torch.__version__}"
 
 
+def agreement_bound(device: torch.device) -> tuple[float, str]:
+    """How closely the two methods' relative losses must agree, and the arithmetic that sets it.
+
+    fp32 (a CPU; a GPU with TF32 off): 1e-5. On a CPU both methods run the same kernels on
+    the same weights (ours computes ``theta - eta * d`` with SGD's own arithmetic) and agree
+    to ~5e-8; convolutions summed in another order (the GPU's vmapped, grouped ones against
+    plain ones) move each output by about one float32 ulp, which moved the relative losses
+    by at most 2.3e-7 in a CPU emulation (ResNet-20 and -110, BN, batch 128, 20 step sizes;
+    every conv output of the evaluation passes jittered by one ulp at random).
+
+    TF32 (CUDA with ``torch.backends.cudnn.allow_tf32``, PyTorch's default): 2^-11 = 4.9e-4,
+    TF32's unit roundoff. cuDNN rounds every convolution's inputs to 10 mantissa bits, so an
+    ulp-sized difference between the two paths' activations flips a rounding now and then,
+    and each flip is a TF32 rounding (2^-11 relative), not a float32 one: the same one-ulp
+    jitter under emulated TF32 (inputs rounded to nearest at 10 bits) moved the relative
+    losses by 1.7e-5 (ResNet-20) and 3.7e-5 (ResNet-110) (benchmarks/tf32_emulation.py); the
+    H200 measured 5.9e-5 (ResNet-110, BN, 20 step sizes), over the old bound of 1e-5. Two
+    evaluations that each round to TF32 can differ by the arithmetic's resolution, not less;
+    a real error (a wrong direction or step size) moves the large step sizes' relative
+    losses by far more.
+    """
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return 2.0**-11, "TF32 convolutions (cuDNN's default): their unit roundoff, 2^-11"
+    return 1e-5, "fp32"
+
+
 def bench_series(series: str, args, data, device) -> dict:
     torch.manual_seed(0)
     model = cifar_resnet(args.depth, series, "xavier_uniform", num_classes=data.num_classes).to(device)
@@ -121,7 +148,10 @@ def bench_series(series: str, args, data, device) -> dict:
     worst = float(np.max(np.abs(r_ours[both] / r_base[both] - 1))) if both.any() else float("nan")
     evaluated = int(np.isfinite(r_base).sum())
     assert both.sum() >= min(3, len(steps)), f"{series}: too few finite step sizes to compare ({both.sum()})"
-    assert worst <= 1e-5, f"{series}: relative losses differ by {worst:.2e} (relative) from the baseline's"
+    bound, arithmetic = agreement_bound(device)
+    assert worst <= bound, (
+        f"{series}: relative losses differ by {worst:.2e} (relative) from the baseline's, over {bound:.1e} ({arithmetic})"
+    )
     return {
         "series": series,
         "ours_s": statistics.median(times_ours),
@@ -129,6 +159,8 @@ def bench_series(series: str, args, data, device) -> dict:
         "ratio": statistics.median(ratios),
         "cpu_ratio": statistics.median(cpu_ratios),
         "max_rel_diff": worst,
+        "agreement_bound": bound,
+        "arithmetic": arithmetic,
         "compared": int(both.sum()),
         "baseline_evaluated": evaluated,
         "chunk": chunk,
@@ -189,7 +221,8 @@ def main(argv=None) -> int:
     target = 3.0 if device.type == "cpu" else 10.0
     print(
         f"\narithmetic bound on {device.type} for {k} step sizes (forward 1, backward 2): {4 * k / (3 + k):.2f}x; "
-        f"target {target:g}x; relative losses agree to 1e-5 where both are finite: yes (asserted)"
+        f"target {target:g}x; relative losses agree to {results[0]['agreement_bound']:.1e} ({results[0]['arithmetic']}) "
+        "where both are finite: yes (asserted)"
     )
     return 0
 

@@ -6,8 +6,8 @@ Baseline (seeds/004, the public reproduction of Bjorck et al.): a torchvision
 copied to the device, and ``.item()`` twice per batch (loss and correct count).
 
 Engine: :func:`nfstudy.train.train` -- the split resident on the device, crop and flip
-as one gather there, no host sync per step; on CUDA also bf16 autocast and channels_last
-(and ``--compile``).
+as one gather there, no host sync per step, in its default precision (fp32 on every device;
+bf16 autocast with channels_last is opt-in, ``precision="bf16"``) (and ``--compile``).
 
 Both train the same model (same initial weights) with the same SGD on the same number of
 images, one epoch each, interleaved (baseline, engine, baseline, engine, ...) so that a
@@ -165,6 +165,9 @@ FUSED_GRIDS: dict[str, list[Shape]] = {
     + [Shape("agc paper", "resnet56", "nf", 32, 256, (6,), steps=AGC_STEPS[256])]
     + [Shape("fig1 paper", "resnet110", norm, 32, 128, (4, 8, 16)) for norm in ("bn", "none", "nf")]
     + [Shape("agc paper", "resnet56", "nf", 32, b, (6,), steps=AGC_STEPS[b]) for b in (1024, 512, 2048, 4096)],
+    # The AGC figure's groups alone (nf and its 5 lambdas at each batch; the first GPU session's
+    # --grid gpu spent its budget before them): its cost table's step times.
+    "agc": [Shape("agc paper", "resnet56", "nf", 32, b, (6,), steps=AGC_STEPS[b]) for b in AGC_BATCHES],
     # fig1's own groups (bn x 3, none x 3, nf x 2): the step times tools/bench_tables.py --fig1-epochs reads.
     "fig1": [Shape("fig1 paper", "resnet110", norm, 32, 128, (n,)) for norm, n in (("bn", 3), ("none", 3), ("nf", 2))],
     # One run's variants of the paper network alone (e.g. --variants compile, in a process of its own).
@@ -174,8 +177,8 @@ FUSED_GRIDS: dict[str, list[Shape]] = {
 }
 # One run's step (forward, backward, SGD step; no engine around it) timed as:
 VARIANTS = {
-    "eager fp32": "fp32, contiguous (NCHW), eager",
-    "bf16+channels_last": "bf16 autocast, channels_last, eager (what nfstudy.train does on CUDA)",
+    "eager fp32": "fp32, contiguous (NCHW), eager (what nfstudy.train does by default)",
+    "bf16+channels_last": "bf16 autocast, channels_last, eager (nfstudy.train's precision='bf16')",
     "cuda graph": "bf16+channels_last captured whole (forward, backward, SGD step) as one CUDA graph and replayed (CUDA only)",
     "compile": "bf16+channels_last through torch.compile (mode default); compile_s is the time of the first steps",
 }
@@ -398,7 +401,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile in the engine")
     parser.add_argument("--fused", action="store_true", help="fused N runs against N one at a time (see the docstring)")
     parser.add_argument(
-        "--grid", choices=sorted(FUSED_GRIDS), help="--fused: quick (CPU default), gpu (CUDA default), cpu, full, variants, smoke"
+        "--grid",
+        choices=sorted(FUSED_GRIDS),
+        help="--fused: quick (CPU default), gpu (CUDA default), cpu, full, agc, fig1, variants, smoke",
     )
     parser.add_argument("--fused-steps", type=int, default=None, help="--fused: steps per run and round (CPU 3, CUDA 20)")
     parser.add_argument(

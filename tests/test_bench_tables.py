@@ -79,12 +79,110 @@ def test_fig1_epochs_fit_the_seconds_with_the_margin():
     times = bench_tables.StepTimes(_paper_records())
     group_s = sum((2 / f2 + 4 / f4) / 2 for f2, f4 in ((80, 120), (100, 150))) + 2 / 70
     epoch_s = math.ceil(60_000 / 128) * group_s * (1 + bench_tables.EVAL_SHARE)
+    fixed_s = bench_tables.STARTUP_S + 3 * bench_tables.GROUP_START_S + bench_tables.FINISH_S
     for seconds in (200.0, 3000.0):
         epochs, text = bench_tables.fig1_epochs(times, seconds)
-        assert epochs == max(1, math.floor(bench_tables.SAFETY * seconds / epoch_s))
+        assert epochs == math.floor((bench_tables.SAFETY * seconds - fixed_s) / epoch_s) >= 1
         assert "469 steps an epoch" in text
     with pytest.raises(SystemExit, match="bench_train.py --fused --grid fig1"):
         bench_tables.fig1_epochs(bench_tables.StepTimes(_paper_records()[:2]), 200)
+
+
+def _fig1_calibration(bn_ms: float, none_ms: float, nf_ms: float) -> list[dict]:
+    """fig1's groups (bn x3, none x3, nf x2) at these group step times, as --grid fig1 records them."""
+    return [
+        fused("resnet110", norm, 128, n, 1.0, n / (ms / 1e3)) for norm, n, ms in (("bn", 3, bn_ms), ("none", 3, none_ms), ("nf", 2, nf_ms))
+    ]
+
+
+# The first GPU session's calibration (H200): one epoch of Fashion-MNIST took ~190 s of steps,
+# the run's limit was 217 s, and it was killed during the NF group with 6 of 8 series done.
+H200 = _fig1_calibration(141.9, 71.7, 169.5)
+
+
+def test_not_one_epoch_is_zero_epochs_not_one():
+    """The bug the GPU session showed: 1 epoch was planned (at least 1) where none fitted,
+    and the run was killed at its limit. A run of 217 s fits no epoch of all the series."""
+    epochs, text = bench_tables.fig1_epochs(bench_tables.StepTimes(H200), 217)
+    assert epochs == 0 and "not one epoch fits" in text
+    # the same arithmetic with room: one epoch needs ~240 s of run, over 0.85
+    assert bench_tables.fig1_epochs(bench_tables.StepTimes(H200), 300)[0] == 1
+
+
+def test_the_plan_takes_the_groups_that_fit_or_nothing():
+    times = bench_tables.StepTimes(H200)
+    # the session's run (217 s): BN x3 and no BN x3 fit one epoch (what finished), NF x2 does not
+    epochs, series, text = bench_tables.fig1_plan(times, 217)
+    assert epochs == 1 and series == ["bn@0.1", "bn@0.003", "bn@0.0001", "none@0.0001", "none@0.1", "none+agc@0.1"]
+    assert "a subset" in text
+    # a group that does not fit is skipped and a later one that does is taken: NF slow, no BN fast
+    slow_nf = bench_tables.StepTimes(_fig1_calibration(100.0, 100.0, 2000.0))
+    assert bench_tables.fig1_plan(slow_nf, 200)[1] == ["bn@0.1", "bn@0.003", "bn@0.0001", "none@0.0001", "none@0.1", "none+agc@0.1"]
+    slow_bn = bench_tables.StepTimes(_fig1_calibration(2000.0, 100.0, 100.0))
+    assert bench_tables.fig1_plan(slow_bn, 200)[1] == ["none@0.0001", "nf@0.1", "none@0.1", "none+agc@0.1", "nf+agc@0.1"]
+    # everything fits: all the series (None), as many epochs as fit: (0.85 x 1000 - 50) / 190.5 s
+    assert bench_tables.fig1_plan(times, 1000)[:2] == (4, None)
+    # nothing fits, not even the fastest group: no run
+    epochs, series, text = bench_tables.fig1_plan(times, 60)
+    assert (epochs, series) == (0, None) and "no run" in text
+
+
+def _fake_python(tmp_path):
+    """A PYTHON for tools/gpu_session.sh that records a figure run's arguments instead of
+    running it, and is this interpreter for everything else."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1 $2 $3" = "-m nfstudy run" ]; then printf "%s\\n" "$@" > "$FIG1_ARGS"; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def _session_fig1(tmp_path, calibration: list[dict], seconds: int):
+    jsonl = tmp_path / "calibration.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in calibration))
+    env = {
+        **__import__("os").environ,
+        "PYTHON": str(_fake_python(tmp_path)),
+        "CALIBRATION": str(jsonl),
+        "FIG1_SECONDS": str(seconds),
+        "DEADLINE_S": "900",
+        "RESULTS": str(tmp_path / "results"),
+        "FIG1_DATASET": "synthetic",
+        "FIG1_ARGS": str(tmp_path / "fig1_args.txt"),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_session.sh"), "fig1", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = (tmp_path / "out" / "session.log").read_text()
+    args = (tmp_path / "fig1_args.txt").read_text().splitlines() if (tmp_path / "fig1_args.txt").exists() else None
+    return done, log, args
+
+
+def test_the_session_starts_no_fig1_run_that_cannot_finish_an_epoch(tmp_path):
+    done, log, args = _session_fig1(tmp_path, H200, 60)
+    assert done.returncode == 0, done.stderr
+    assert args is None  # no run started
+    assert "not one epoch of even one group fits in 60s" in log and "fig1: not started" in log
+
+
+def test_the_session_runs_the_groups_that_fit_when_not_all_do(tmp_path):
+    done, log, args = _session_fig1(tmp_path, H200, 217)
+    assert done.returncode == 0, done.stderr
+    assert "epochs of a subset" in log
+    assert args is not None and args[args.index("epochs") - 1 : args.index("epochs") + 2] == ["-p", "epochs", "1"]
+    series = args[args.index("series") + 1]
+    assert series == "['bn@0.1', 'bn@0.003', 'bn@0.0001', 'none@0.0001', 'none@0.1', 'none+agc@0.1']"
+    # and with room for all of them: no series given (the profile's eight), one epoch
+    done, log, args = _session_fig1(tmp_path, H200, 300)
+    assert "series" not in args and args[args.index("epochs") + 1] == "1"
 
 
 def test_a_half_written_last_line_is_skipped(tmp_path):
@@ -118,3 +216,18 @@ def test_a_variant_that_started_and_never_ended_is_reported_unfinished():
     text = bench_tables.markdown([{**started, "variant": "eager fp32"}, done, {**started, "variant": "compile"}])
     unfinished = [line for line in text.splitlines() if "unfinished" in line]
     assert len(unfinished) == 1 and "compile" in unfinished[0] and "stopped at its time limit" in unfinished[0]
+
+
+def test_the_landscape_benchmarks_agreement_bound_follows_the_arithmetic():
+    """benchmarks/bench_landscape.py: 1e-5 in fp32 (the CPU's bound, unchanged; a GPU with
+    TF32 off), TF32's unit roundoff 2^-11 where cuDNN rounds the convolutions' inputs to TF32
+    (the H200 measured 5.9e-5, over 1e-5). In a process of its own: the script silences warnings."""
+    code = (
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import bench_landscape as b\n"
+        "print(b.agreement_bound(torch.device('cpu'))[0])\n"
+        "torch.backends.cudnn.allow_tf32 = True; print(b.agreement_bound(torch.device('cuda'))[0])\n"
+        "torch.backends.cudnn.allow_tf32 = False; print(b.agreement_bound(torch.device('cuda'))[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [float(x) for x in done.stdout.split()] == [1e-5, 2.0**-11, 1e-5]

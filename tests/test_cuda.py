@@ -43,9 +43,10 @@ def synthetic():
 
 
 def test_bf16_autocast_and_channels_last_train_like_fp32(synthetic):
-    """Two epochs of a ResNet-20 (20 steps): bf16 autocast with channels_last (the CUDA
-    default) against fp32 in the default layout, from the same weights and batches. bf16
-    keeps 8 mantissa bits, so the losses agree to about 1e-2, not bit for bit."""
+    """Two epochs of a ResNet-20 (20 steps): bf16 autocast with channels_last (``precision=
+    "bf16"``, opt-in) against fp32 in the default layout (the default, ``"auto"``), from the
+    same weights and batches. bf16 keeps 8 mantissa bits, so the losses agree to about 1e-2,
+    not bit for bit."""
     results = {}
     for precision, channels_last in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)
@@ -59,6 +60,18 @@ def test_bf16_autocast_and_channels_last_train_like_fp32(synthetic):
     for column in ("train_loss", "test_loss"):
         assert bf16.history[column].to_numpy() == pytest.approx(fp32.history[column].to_numpy(), rel=0.1, abs=0.05)
     assert abs(bf16.history["train_accuracy"].iloc[-1] - fp32.history["train_accuracy"].iloc[-1]) < 0.1
+
+
+def test_the_default_precision_trains_in_fp32_and_the_default_layout_on_cuda(synthetic):
+    """``precision="auto"`` (the default) is fp32 on CUDA too: no autocast, and the weights
+    stay in the default layout (bf16's channels_last only comes with ``precision="bf16"``)."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", "bn")
+    result = train(model, synthetic, TrainConfig(epochs=1, batch_size=128, lr=0.05, eval_batch_size=256), seed=0, device=CUDA)
+    assert result.status == "completed"
+    conv = model.conv1.weight
+    assert conv.is_cuda and conv.dtype == torch.float32 and conv.is_contiguous()
+    assert not conv.is_contiguous(memory_format=torch.channels_last)  # a 16x3x3x3 filter bank: the two layouts differ
 
 
 def test_the_device_resident_loader_gives_the_cpu_batches_on_cuda(synthetic):

@@ -10,6 +10,7 @@ from nfstudy.models import (
     INITS,
     NORMS,
     RELU_GAMMA,
+    GlobalAvgPool,
     NFBlock,
     ScaledStdConv2d,
     cifar_resnet,
@@ -292,3 +293,89 @@ def test_blocks_take_their_layers_as_callables():
         acts = [m for m in model.modules() if isinstance(m, ScaledReLU)]
         assert bool(acts) == layers.nf, norm
         assert all(m.gamma == (1.5 if layers.ws else 1.0) for m in acts), norm  # no WS: the init carries the gain
+
+
+# The check below, run in this process and in one whose ATen kernels are the portable ones.
+_POOL_CHECK = """
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from nfstudy.models import NORMS, cifar_resnet
+
+def results(model, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    return [out.detach()] + [p.grad for p in model.parameters()]
+
+def fused(model, x):
+    params, buffers = stack_module_state([model, model])
+    return vmap(lambda p, b: functional_call(model, (p, b), (x,)))(params, buffers)
+
+torch.manual_seed(0)
+x, y = torch.randn(16, 3, 16, 16), torch.arange(16) % 10
+same = True
+for norm in NORMS:
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        model = cifar_resnet(8, norm)
+        xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        ours = results(model, xx, y) + [fused(model, xx)]
+        model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))  # what it replaced
+        before = results(model, xx, y) + [fused(model, xx)]
+        same &= all(torch.equal(a, b) for a, b in zip(ours, before, strict=True))
+print("bitwise", same, torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@pytest.mark.parametrize("capability", [None, "default"])
+def test_the_global_pool_is_what_adaptive_avg_pool_computed_on_a_cpu(capability):
+    """The networks pool with a mean over H and W (``GlobalAvgPool``: no ``as_strided_``,
+    which vmap lacks a batching rule for) where they used ``nn.AdaptiveAvgPool2d(1)`` and
+    ``flatten(1)``. On a CPU ATen computes that pooling *by* this mean, so CPU results, the
+    committed gallery's included, stay bit for bit what they were: outputs, every gradient
+    and the fused (vmapped) forward pass, in both memory layouts and every norm, with this
+    machine's kernels and with the portable ones (``ATEN_CPU_CAPABILITY=default``)."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    if capability is None:
+        namespace: dict = {}
+        with warnings.catch_warnings():  # the old pooling's vmap fallback warns, as the next test shows
+            warnings.filterwarnings("ignore", message=".*batching rule for aten::as_strided_")
+            exec(_POOL_CHECK, namespace)
+        assert namespace["same"]
+        return
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _POOL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["bitwise", "True", "DEFAULT"]
+
+
+def test_fused_pooling_of_channels_last_activations_needs_no_vmap_fallback():
+    """The reason for ``GlobalAvgPool``: vmapped over stacked runs with channels_last
+    activations (the fused path on CUDA with bf16), ``adaptive_avg_pool2d`` warns that it
+    falls back to a loop (``as_strided_`` has no batching rule); the mean does not."""
+    import warnings
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    model = cifar_resnet(8, "bn").to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def fallback_warnings(pool: nn.Module) -> int:
+        model.pool = pool
+        params, buffers = stack_module_state([model, model])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vmap(lambda p, b: functional_call(model, (p, b), (x,)))(params, buffers)
+        return sum("batching rule" in str(w.message) for w in caught)
+
+    assert fallback_warnings(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))) >= 1  # the control: the old pooling falls back
+    assert fallback_warnings(GlobalAvgPool()) == 0

@@ -8,8 +8,9 @@ run's training step per variant, fused N runs against one at a time, the engine 
 the reproduction's loop, the landscape probe's and AGC's ratios to their baselines, and
 the paper profiles' cost per figure in device-hours, one run at a time and fused, from the
 measured step times (:func:`figure_costs`). The second prints ``EPOCHS=<E>``: how many
-epochs of Fig. 1's paper series (fused, one group per norm) fit in that many seconds
-(:func:`fig1_epochs`).
+epochs of Fig. 1's paper series (fused, one group per norm) fit in a run of that many seconds
+(:func:`fig1_plan`); when not one epoch of them all fits, ``SERIES=[...]``, the norms' groups
+one epoch of which fits, or ``EPOCHS=0``: nothing fits, start no run that would be killed.
 
 The step time of a group of N runs trained together is ``N / fused steps/s`` (N = 1: one
 run alone, through ``nfstudy.train.train``); between measured N it is interpolated linearly
@@ -28,8 +29,16 @@ from pathlib import Path
 from typing import Any
 
 # Fig. 1's groups as the figure trains them fused: one stacked network per norm.
-SAFETY = 0.85  # --fig1-epochs uses this share of the seconds: step-time noise, the first steps' autotuning
+SAFETY = 0.85  # --fig1-epochs uses this share of the seconds: step-time noise (two calibrations of one group: 121 and 142 ms)
 EVAL_SHARE = 0.06  # an epoch's test pass (10,000 images, forward only) against its training steps
+# What a fig1 run spends besides its groups' steps, measured on the first GPU session (H200,
+# 2026-12-04; benchmarks/gpu/fig1_fashion_h200/): 9 s from the command to the run folder
+# (papermill's kernel, imports), the first group 19 s over its calibrated steps (Fashion-MNIST
+# loaded and padded, CUDA and cuDNN initialised, its test pass), each later group 3.4 s over
+# (cuDNN autotuning of its shapes, the stack's first trace, its test pass). Rounded up:
+STARTUP_S = 25.0  # kernel, imports, data, CUDA initialisation: once per run
+GROUP_START_S = 5.0  # per group: autotuning, the first trace
+FINISH_S = 10.0  # the tables, the plot, the claims, the notebook saved
 
 
 def read_records(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -192,16 +201,21 @@ def figure_costs(times: StepTimes, seeds: int = 5) -> list[dict[str, Any]]:
     return rows
 
 
-def fig1_epochs(times: StepTimes, seconds: float, images: int = 60_000, test_images: int = 10_000) -> tuple[int, str]:
+def fig1_epochs(
+    times: StepTimes, seconds: float, images: int = 60_000, test_images: int = 10_000, norms: list[str] | None = None
+) -> tuple[int, str]:
     """Epochs of Fig. 1's paper series, fused (one group per norm, one after another, as
-    experiments/fig1.py trains them), that fit in ``seconds`` on the measured machine:
-    ``floor(SAFETY x seconds / (steps per epoch x sum over groups of its step time x (1 + EVAL_SHARE)))``,
-    at least 1. Returns (epochs, the arithmetic as a sentence)."""
+    experiments/fig1.py trains them; ``norms``: only those groups), that a run of ``seconds``
+    finishes: ``floor((SAFETY x seconds - STARTUP_S - groups x GROUP_START_S - FINISH_S) /
+    epoch_s)`` with ``epoch_s = steps per epoch x sum over groups of its step time x (1 +
+    EVAL_SHARE x test images / 10,000)``. 0 when not one epoch fits. Returns (epochs, the
+    arithmetic as a sentence)."""
     _, fig1 = _figure_params("fig1")
     model, batch = f"resnet{fig1.depth}", fig1.batch_size
     steps = math.ceil(images / batch)
+    groups = {norm: n for norm, n in fig1_groups(fig1).items() if norms is None or norm in norms}
     group_s, parts = 0.0, []
-    for norm, n in fig1_groups(fig1).items():
+    for norm, n in groups.items():
         t, how = times.seconds((model, norm, batch, 32), n)
         if math.isnan(t):
             raise SystemExit(
@@ -210,12 +224,42 @@ def fig1_epochs(times: StepTimes, seconds: float, images: int = 60_000, test_ima
         group_s += t
         parts.append(f"{norm} x{n} {1e3 * t:.1f} ms ({how})")
     epoch_s = steps * group_s * (1 + EVAL_SHARE * test_images / 10_000)
-    epochs = max(1, math.floor(SAFETY * seconds / epoch_s))
+    fixed_s = STARTUP_S + len(groups) * GROUP_START_S + FINISH_S
+    usable_s = SAFETY * seconds - fixed_s
+    epochs = max(0, math.floor(usable_s / epoch_s)) if epoch_s > 0 else 0
     text = (
-        f"fig1 paper series, fused, {images} images at batch {batch} ({steps} steps an epoch): group steps {', '.join(parts)}; "
-        f"an epoch ~{epoch_s:.1f} s with its test pass; {SAFETY:g} x {seconds:g} s -> {epochs} epochs (~{epochs * epoch_s:.0f} s)"
+        f"fig1 paper series {'+'.join(groups)}, fused, {images} images at batch {batch} ({steps} steps an epoch): group steps "
+        f"{', '.join(parts)}; an epoch ~{epoch_s:.1f} s with its test pass; a run of {seconds:g} s: {SAFETY:g} x {seconds:g} s "
+        f"less {fixed_s:g} s of start, groups' warm-up and finish = {usable_s:.0f} s -> {epochs} epochs"
+        + (
+            f" (~{fixed_s + epochs * epoch_s:.0f} s)"
+            if epochs
+            else f": not one epoch fits (one needs a run of ~{(fixed_s + epoch_s) / SAFETY:.0f} s)"
+        )
     )
     return epochs, text
+
+
+def fig1_plan(times: StepTimes, seconds: float, images: int = 60_000, test_images: int = 10_000) -> tuple[int, list[str] | None, str]:
+    """What a fig1 run of ``seconds`` can finish: ``(epochs, series, why)``. All the paper
+    profile's series (``series`` None) for as many epochs as fit; when not one epoch of them
+    all fits, the groups (norms, in the order the figure trains them) one epoch of which
+    fits, taken in that order and skipping any that would not fit, with their series; ``(0,
+    None, why)`` when not even one group's epoch fits: then start no run (it would be
+    killed at its limit with nothing finished)."""
+    epochs, text = fig1_epochs(times, seconds, images, test_images)
+    if epochs >= 1:
+        return epochs, None, text
+    module, fig1 = _figure_params("fig1")
+    chosen: list[str] = []
+    for norm in fig1_groups(fig1):
+        if fig1_epochs(times, seconds, images, test_images, norms=[*chosen, norm])[0] >= 1:
+            chosen.append(norm)
+    if not chosen:
+        return 0, None, f"{text}; not even one group's epoch fits: no run (give it more seconds, FIG1_SECONDS, or set EPOCHS)"
+    epochs, subset = fig1_epochs(times, seconds, images, test_images, norms=chosen)
+    series = [s for s in fig1.series if module.parse_series(s)[0] in chosen]
+    return epochs, series, f"{text}; so a subset: {subset}"
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -443,14 +487,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("jsonl", nargs="+", help="the benchmarks' --jsonl files")
     parser.add_argument("--summary", help="make gpu-check's summary.json: its steps as a table")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the cost table (default 5)")
-    parser.add_argument("--fig1-epochs", type=float, metavar="SECONDS", help="print EPOCHS=<E>: fig1's fused epochs that fit in SECONDS")
+    parser.add_argument(
+        "--fig1-epochs",
+        type=float,
+        metavar="SECONDS",
+        help="print EPOCHS=<E> (0: none fits), and SERIES=[...] when not all of fig1's series fit an epoch: what a run of SECONDS finishes",
+    )
     parser.add_argument("--fig1-images", type=int, default=60_000, help="training images of fig1's data set (default 60000, Fashion-MNIST)")
+    parser.add_argument("--fig1-test-images", type=int, default=10_000, help="test images of fig1's data set (default 10000)")
     args = parser.parse_args(argv)
     records = read_records(args.jsonl)
     if args.fig1_epochs:
-        epochs, text = fig1_epochs(StepTimes(records), args.fig1_epochs, args.fig1_images)
+        epochs, series, text = fig1_plan(StepTimes(records), args.fig1_epochs, args.fig1_images, args.fig1_test_images)
         print(text, file=sys.stderr)
         print(f"EPOCHS={epochs}")
+        if series:
+            print(f"SERIES={series!r}")
         return 0
     summary = json.loads(Path(args.summary).read_text()) if args.summary and Path(args.summary).is_file() else None
     sys.stdout.write(markdown(records, summary, args.seeds))

@@ -12,12 +12,15 @@
 #   tools/gpu_session.sh bench [OUT_DIR]   the benchmarks alone
 #   tools/gpu_session.sh gpucheck [OUT_DIR]  make gpu-check alone (again, after fixes) -> summary.json, gpu_check.tar.gz
 #   tools/gpu_session.sh fig1 [OUT_DIR]    Fig. 1's paper profile on Fashion-MNIST, fused, EPOCHS epochs
-#                                          (unset: as many as fit in FIG1_SECONDS, from a step-time
-#                                          calibration) -> fig1.tar.gz, outcomes.csv, claims.csv, ...
+#                                          (unset: as many as a run of FIG1_SECONDS finishes, from a step-time
+#                                          calibration; when not one epoch of all the series fits, the groups
+#                                          one epoch of which does; none: no run) -> fig1.tar.gz, outcomes.csv, ...
 #
 # Settings (environment): OUT_DIR (default results/gpu_session), PYTHON (python3), DEVICE (cuda),
 # DEADLINE_S (the whole command's seconds: check 390, bench 240, gpucheck 200, fig1 270), WHEELS (.whl),
-# FASHION_DIR (data/fashion-mnist), FIG1_DATASET (fashion), EPOCHS, FIG1_SECONDS (180),
+# FASHION_DIR (data/fashion-mnist), FIG1_DATASET (fashion), EPOCHS, FIG1_SECONDS (210: the fig1 run's
+# seconds at most, start and finish included), CALIBRATION (fig1: step times from this JSON-lines file
+# instead of a calibration),
 # RESULTS (results: the fig1 run's results root), GPU_CHECK (more gpu-check options), GIT_COMMIT (logged
 # where the checkout has no .git),
 # SMOKE=1 (a rehearsal on a CPU: DEVICE=cpu, tiny sizes, the same phases and files).
@@ -31,7 +34,7 @@ DEVICE=${DEVICE:-$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)}
 WHEELS=${WHEELS:-.whl}
 FASHION_DIR=${FASHION_DIR:-data/fashion-mnist}
 FIG1_DATASET=${FIG1_DATASET:-fashion}
-FIG1_SECONDS=${FIG1_SECONDS:-180}
+FIG1_SECONDS=${FIG1_SECONDS:-210}
 RESULTS=${RESULTS:-results}
 FASHION_FILES="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
 RESERVE_S=20 # kept back from the deadline for the tables and packing OUT_DIR
@@ -239,32 +242,54 @@ cmd_fig1() {
         done
         [ -d "$FASHION_DIR" ] && export NFSTUDY_FASHION_MNIST=${NFSTUDY_FASHION_MNIST:-$(cd "$FASHION_DIR" && pwd)}
     fi
-    local smoke_params=()
+    local smoke_params=() series_params=()
     # a rehearsal: ResNet-8, two BN series (fused) and the no-BN one that diverges, one epoch
-    [ "$SMOKE" = 1 ] && smoke_params=(-p depth 8 -p series "['bn@0.1','bn@0.003','none@0.1']")
+    [ "$SMOKE" = 1 ] && smoke_params=(-p depth 8) && series_params=(-p series "['bn@0.1','bn@0.003','none@0.1']")
+    local series=""
     if [ -z "${EPOCHS:-}" ]; then # calibrate: fig1's three fused groups, 20 steps each
+        mkdir -p "$OUT_DIR/calibration"
         local calibration="$OUT_DIR/calibration/fig1_step_times.jsonl" grid=fig1
         [ "$SMOKE" = 1 ] && grid=smoke
-        mkdir -p "$OUT_DIR/calibration"
-        phase fig1-calibrate 90 "$OUT_DIR/calibration/bench_train.log" $PYTHON benchmarks/bench_train.py --fused --device "$DEVICE" \
-            --grid $grid --rounds 1 --variants "" --jsonl "$calibration"
-        # seconds of training: what is left, less ~60 s for the kernel, the data, the plots and packing
-        local seconds=$(($(left) - 60))
+        if [ -n "${CALIBRATION:-}" ]; then # step times measured before (a session's calibration/fig1_step_times.jsonl)
+            cp "$CALIBRATION" "$calibration" && say "fig1: step times from $CALIBRATION (no calibration)"
+        else
+            phase fig1-calibrate 90 "$OUT_DIR/calibration/bench_train.log" $PYTHON benchmarks/bench_train.py --fused --device "$DEVICE" \
+                --grid $grid --rounds 1 --variants "" --jsonl "$calibration"
+        fi
+        # the run's seconds: what the deadline leaves (the run's own limit), at most FIG1_SECONDS;
+        # bench_tables counts the kernel's start, the data, each group's warm-up and the finish in them
+        local seconds plan
+        seconds=$(left)
         ((seconds > FIG1_SECONDS)) && seconds=$FIG1_SECONDS
-        if [ "$SMOKE" = 1 ]; then
+        if [ "$SMOKE" = 1 ] && [ -z "${CALIBRATION:-}" ]; then
             EPOCHS=1
         else
-            EPOCHS=$($PYTHON tools/bench_tables.py "$calibration" --fig1-epochs "$seconds" | sed -n 's/^EPOCHS=//p')
+            plan=$($PYTHON tools/bench_tables.py "$calibration" --fig1-epochs "$seconds")
+            EPOCHS=$(sed -n 's/^EPOCHS=//p' <<<"$plan")
+            series=$(sed -n 's/^SERIES=//p' <<<"$plan")
         fi
         [ -n "$EPOCHS" ] || {
             say "no step times to size the run by: set EPOCHS"
             finish
             exit 1
         }
+        if [ "$EPOCHS" = 0 ]; then # a run that cannot finish one epoch would be killed with nothing to show
+            say "fig1: not one epoch of even one group fits in ${seconds}s (above): no run; raise DEADLINE_S / FIG1_SECONDS or set EPOCHS"
+            PHASES+=("fig1: not started (not one epoch fits in ${seconds}s)")
+            pack_files "$OUT_DIR/fig1.tar.gz" "$OUT_DIR/calibration"
+            rm -rf "$OUT_DIR/calibration"
+            finish
+            return 0
+        fi
     fi
-    say "fig1: $EPOCHS epochs"
+    if [ -n "$series" ]; then
+        say "fig1: $EPOCHS epochs of a subset, the groups one epoch of which fits: $series (not all series fit one epoch)"
+        series_params=(-p series "$series")
+    else
+        say "fig1: $EPOCHS epochs"
+    fi
     phase fig1 "$(left)" - $PYTHON -m nfstudy run fig1 --profile paper --seed 0 --device "$DEVICE" "${data_args[@]}" --results "$RESULTS" \
-        -p fuse on -p epochs "$EPOCHS" -p extend_until_plateau False "${smoke_params[@]}"
+        -p fuse on -p epochs "$EPOCHS" -p extend_until_plateau False "${smoke_params[@]}" "${series_params[@]}"
     local seed="$RESULTS/fig1/paper/seed=0"
     for f in outcomes.csv claims.csv run.json; do
         [ -f "$seed/$f" ] && cp "$seed/$f" "$OUT_DIR/$f"

@@ -4,7 +4,7 @@ the registry of model families a figure can build (:func:`build_model`)."""
 from .init import INITS, PAPER_INIT, initialize
 from .layers import ACTIVATION_GAMMA, RELU_GAMMA, ScaledReLU, ScaledStdConv2d
 from .registry import DEFAULT_MODEL, MODELS, build_model, check_model
-from .resnet import NF_NORMS, NORMS, BasicBlock, CifarResNet, NFBlock, ResNetConfig, cifar_resnet, create_model
+from .resnet import NF_NORMS, NORMS, BasicBlock, CifarResNet, GlobalAvgPool, NFBlock, ResNetConfig, cifar_resnet, create_model
 from .surgery import (
     WeightLayer,
     get_layer,
@@ -25,6 +25,7 @@ __all__ = [
     "RELU_GAMMA",
     "BasicBlock",
     "CifarResNet",
+    "GlobalAvgPool",
     "NFBlock",
     "ResNetConfig",
     "ScaledReLU",

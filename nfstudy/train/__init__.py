@@ -33,9 +33,9 @@ The clipping hook: ``clip(model)`` is called after ``loss.backward()`` (so after
 gradient all-reduce) and before ``optimizer.step()``, with the unwrapped model (not the
 DDP or compiled wrapper); ``nfstudy.clip``'s clippers are such callables.
 
-**CUDA.** Data resident on the GPU (:class:`~nfstudy.data.DeviceLoader`), bf16 autocast
-(``precision="auto"``), channels_last, cuDNN autotuning, optional ``torch.compile``; no
-host sync per step.
+**CUDA.** Data resident on the GPU (:class:`~nfstudy.data.DeviceLoader`), fp32 (bf16 autocast
+with channels_last on request, ``precision="bf16"``), cuDNN autotuning, optional
+``torch.compile``; no host sync per step.
 
 **Distributed.** Under ``torchrun`` (``python -m nfstudy.train`` calls
 :func:`init_distributed`; or initialise the process group yourself), the model is wrapped

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup, per step")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--extend-until-plateau", action="store_true")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = fp32; bf16: autocast (channels_last on CUDA)")
     parser.add_argument("--sync-batchnorm", action="store_true", help="DDP on CUDA: BatchNorm over the global batch")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--checkpoint-every", type=int, default=5)

@@ -36,13 +36,13 @@ class TrainConfig:
     plateau_metric: str = "train_loss"  # train_loss | train_accuracy (nfstudy.train.schedule)
     max_extensions: int = 2
     divergence_factor: float = DIVERGENCE  # x the first step's loss
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    precision: str = "auto"  # auto = fp32 on every device (the paper's arithmetic); bf16: autocast, opt-in
     sync_batchnorm: bool = False  # DDP on CUDA: BatchNorm over the global batch
     checkpoint_every: int = 5  # epochs
     sync_every: int = 50  # steps between host syncs (progress bar, divergence check)
     eval_batch_size: int = 1000
     compile: bool = False  # torch.compile the model
-    channels_last: bool | None = None  # None: on CUDA
+    channels_last: bool | None = None  # None: with bf16 on CUDA
 
     def __post_init__(self):
         check_positive("epochs", self.epochs, integer=True)
@@ -64,6 +64,17 @@ class TrainConfig:
         check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
         if self.extend_until_plateau:
             self._check_plateau_rule()
+
+    def autocast_and_layout(self, cuda: bool) -> tuple[bool, bool]:
+        """``(bf16 autocast, channels_last)`` for a run on CUDA (``cuda``) or not.
+
+        bf16 only when asked (``precision="bf16"``): ``"auto"`` is fp32 everywhere. On an H200,
+        at the paper's ResNet-110 and batch 128, bf16 autocast with channels_last measured
+        slower than fp32 (benchmarks/README.md, "GPU"), and fp32 is the paper's arithmetic.
+        ``channels_last`` unset follows bf16 on CUDA (the layout its tensor-core kernels want).
+        """
+        amp = self.precision == "bf16"
+        return amp, (amp and cuda) if self.channels_last is None else self.channels_last
 
     def _check_milestones(self) -> None:
         """Milestones inside the budget, increasing; the warmup over before the first drop."""

@@ -246,8 +246,7 @@ def train_fused(
     device = resolve_device(device)
     cuda = device.type == "cuda"
     shared = configs[0]
-    amp = shared.precision == "bf16" or (shared.precision == "auto" and cuda)
-    channels_last = cuda if shared.channels_last is None else shared.channels_last
+    amp, channels_last = shared.autocast_and_layout(cuda)
 
     runs: list[_Run] = []
     for i, (model, config, seed, clip, out_dir) in enumerate(zip(models, configs, seeds, clips, out_dirs)):

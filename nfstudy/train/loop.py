@@ -349,8 +349,7 @@ def _start(
     rank, world = rank_and_world()
     device = resolve_device(device)
     cuda = device.type == "cuda"
-    amp = config.precision == "bf16" or (config.precision == "auto" and cuda)
-    channels_last = cuda if config.channels_last is None else config.channels_last
+    amp, channels_last = config.autocast_and_layout(cuda)
     description = describe(model, data, config, seed, world)  # before any training touches the weights
     out = Path(out_dir) if out_dir is not None else None
 
