@@ -94,7 +94,7 @@ def test_every_papers_anchor_referenced_exists():
     referenced = 0
     missing = []
     for path in tracked_files():
-        content = text(path)
+        content = None if path == Path(__file__).resolve() else text(path)  # this file's examples are made up
         if content is None:
             continue
         for n, line in enumerate(content.splitlines(), 1):
