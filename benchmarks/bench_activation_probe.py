@@ -8,7 +8,7 @@ variant alike), the time of one no-grad train-mode forward pass of
   variance of all 110 layers reduced on the device, one host transfer per forward;
 * ``per-layer sync``: the same per-channel moments, but each hook copies its layer's
   to the host at once (``.tolist()``: one device synchronisation per layer);
-* ``reproduction``: the public reproduction's hook (seed 004 of PAPERS.md): channel 0's
+* ``reproduction``: the public reproduction's hook (docs/papers.md#bjorck-reproduction): channel 0's
   mean and std, two ``.item()`` calls per layer.
 
 and prints the medians and their ratios to ``plain``. On a CPU a synchronisation is
@@ -56,7 +56,7 @@ class PerLayerSync:
 
 
 class ReproductionHooks(PerLayerSync):
-    """Seed 004's hook: ``output[:, 0].mean().abs().item()`` and ``.std().abs().item()``."""
+    """The Bjorck reproduction's hook: ``output[:, 0].mean().abs().item()`` and ``.std().abs().item()``."""
 
     def _hook(self, module, args, output):
         channel = output[:, 0]

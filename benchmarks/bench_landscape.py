@@ -1,6 +1,6 @@
 """The landscape probe against the public reproduction's method (Bjorck et al. Fig. 3).
 
-Baseline (PAPERS.md seed 004, ``fig3``; ``relative_loss_by_trial_steps`` in tests/_reference.py):
+Baseline (docs/papers.md#bjorck-reproduction, ``fig3``; ``relative_loss_by_trial_steps`` in tests/_reference.py):
 for each step size, save model and optimizer with ``torch.save``, forward, backward,
 ``optimizer.step()`` with ``lr = eta``, evaluate, restore both with ``torch.load``.
 Ours (``nfstudy.probes.relative_loss_along_update``): one forward and backward pass,

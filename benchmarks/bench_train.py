@@ -1,6 +1,6 @@
 """Training throughput of nfstudy.train against the public reproduction's loop.
 
-Baseline (seeds/004, the public reproduction of Bjorck et al.): a torchvision
+Baseline (docs/papers.md#bjorck-reproduction, the public reproduction of Bjorck et al.): a torchvision
 ``DataLoader`` over a dataset that returns PIL images, ``RandomCrop(32, padding=4)``,
 ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` per image on the CPU, each batch
 copied to the device, and ``.item()`` twice per batch (loss and correct count).

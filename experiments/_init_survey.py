@@ -1,6 +1,6 @@
 """Which initialisation is Bjorck et al.'s network? A survey by measurement (issue 11).
 
-The paper does not state its initialisation (PAPERS.md section D). For the CIFAR
+The paper does not state its initialisation (docs/papers.md#bjorck-setup). For the CIFAR
 ResNet-110 with BN and without BN (the same conv weights: each figure seeds both series
 alike) and every candidate of :data:`nfstudy.models.INITS`, this measures the magnitudes
 the paper's figures show, through the figures' own ``run()`` functions at their paper
@@ -60,7 +60,7 @@ FIG4_LAYERS = (8, 44, 80)
 FIG5_LAYERS = (6, 18, 30, 42, 54, 66, 78, 90, 102, 110)  # the paper's x-axis and the last layer
 TRAIN_LRS = {"slow": 1e-4, "fast": 0.1}  # the paper's no-BN rate; BN's rate, where no BN diverges
 
-# The paper's magnitudes, read off its figures (PAPERS.md section D, "good to a factor ~2"):
+# The paper's magnitudes, read off its figures (docs/papers.md#bjorck-magnitudes, "good to a factor ~2"):
 # (figure, network, magnitude) -> value.  Log magnitudes are given in both bases, the
 # paper's axis base being unstated.
 PAPER = {
@@ -450,7 +450,7 @@ def report(table: pd.DataFrame, s: Survey, device: str) -> str:
         "No BN = the same conv weights as BN (each figure seeds both series alike). Data per probe: "
         + "; ".join(f"{f}: {d}" for f, d in data.items() if f in PROBES)
         + ".",
-        "Paper values: PAPERS.md section D (read off the figures, good to a factor ~2).",
+        "Paper values: docs/papers.md#bjorck-magnitudes (read off the figures, good to a factor ~2).",
         "",
         "## Measured",
         "",

@@ -497,7 +497,7 @@ def plot(tables: dict[str, pd.DataFrame]):
 
 
 # The claims' numbers, in percentage points of final test accuracy. From the paper (NFNets
-# Fig. 2a, PAPERS.md section D): at every batch size 256 ... 4096 NF + AGC ends at 76.7-76.95%
+# Fig. 2a, docs/papers.md#nfnets-fig-2a): at every batch size 256 ... 4096 NF + AGC ends at 76.7-76.95%
 # and BN at 76.4-76.9%, so their gap is at most ~0.5 points, and BN's spread across batch sizes
 # is ~0.5 points ("flat").
 PAPER_GAP = 0.5

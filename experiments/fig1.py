@@ -124,7 +124,7 @@ class Params(NetworkParams):
     torch_compile: bool = False  # torch.compile the model (CUDA)
     fuse: str = "auto"  # auto (fused on CUDA only) | on | off: train each norm's series as one stacked network
     checkpoint_every: int = 5  # epochs
-    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (docs/papers.md#bjorck-reproduction, depth 101)
 
     def __post_init__(self):
         check_network_params(self, norm_series=False)
@@ -420,7 +420,7 @@ def _stand_in_outcomes(history: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-# Thresholds, from the paper's numbers (PAPERS.md section D: BN lr 0.1 ~93% test accuracy,
+# Thresholds, from the paper's numbers (docs/papers.md#bjorck-fig-1: BN lr 0.1 ~93% test accuracy,
 # BN 0.003 ~90.5%, BN 1e-4 and no BN 1e-4 ~81-82%, every run ~100% train accuracy), each
 # read off the figure to a point or two.
 CHANCE = 0.1  # ten classes (CIFAR-10, digits, synthetic)

@@ -54,7 +54,7 @@ class Params(NetworkParams):
     series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
-    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (docs/papers.md#bjorck-reproduction, depth 101)
 
     def __post_init__(self):
         check_network_params(self)
@@ -140,13 +140,13 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
 # -------------------- the figure and its claims, drawn from the tables alone
 
 
-# The paper's magnitudes (../shared/PAPERS.md section D, read off its Fig. 2 to a factor
+# The paper's magnitudes (docs/papers.md#bjorck-fig-2, read off its Fig. 2 to a factor
 # ~2): the histograms' x-ranges, i.e. max |gradient|, and their ratio.
 PAPER_RANGE = {"bn": (0.04, "With BN"), "none": (4.0, "Without BN")}
 PAPER_RATIO = 100.0  # +-4 vs +-0.04
 # Two-sided bands a factor 10 either way: the reading is good to ~2, and the data, batch
 # and loss scaling are the paper's only in the paper profile (issue 11: "within a factor
-# of 10 of PAPERS.md section D"). 1e9 is not ~100.
+# of 10" of them; docs/papers.md#how-to-read-this-page). 1e9 is not ~100.
 RANGE_FACTOR = 10.0
 # "Heavy-tailed" needs a margin over BN, not > 0: at least the excess kurtosis of a Laplace
 # distribution (3) more than BN's; the sampling error of the kurtosis of ~1e4 values is

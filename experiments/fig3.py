@@ -80,7 +80,7 @@ class Params(NetworkParams):
     augment: bool = True  # crop + flip, as training does
     nf_skip_gain_init: float = 1.0  # see the module docstring
     chunk_size: int | None = None  # step sizes per forward pass (None: 1 on CPU, 16 on GPU)
-    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (docs/papers.md#bjorck-reproduction, depth 101)
 
     def __post_init__(self):
         check_network_params(self, norm_series=False)
@@ -186,7 +186,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
 
 Y_CEILING = 1e6  # the paper's axis reaches 10^6; larger or non-finite values are drawn at the edge
 
-# The paper's magnitudes (PAPERS.md section D, read off Fig. 3 to a factor ~2); each claim's
+# The paper's magnitudes (docs/papers.md#bjorck-fig-3, read off Fig. 3 to a factor ~2); each claim's
 # band says how far from them it accepts.
 PAPER_STEPS = (1e-5, 1e-1)  # the step sizes the paper plots
 # A probed step within this relative distance of an end of PAPER_STEPS counts as inside:
@@ -406,7 +406,7 @@ def _lowers_claim(summary: pd.DataFrame, name: str, label: str, kind: str, said:
 
 def _range_claim(summary: pd.DataFrame, name: str, label: str, kind: str, said: str) -> Claim:
     ratios = _lowering_ratios(_series(summary, name), _series(summary, "none"))
-    # The paper's BN lowers the loss up to ~1e-1, no BN up to ~1e-3 (PAPERS.md D): a ratio ~100,
+    # The paper's BN lowers the loss up to ~1e-1, no BN up to ~1e-3 (docs/papers.md#bjorck-fig-3): a ratio ~100,
     # read to a factor ~2 off log axes; a factor 10 either way is a different landscape.
     return _measured(
         f"{said} the loss decreases over a far larger range of step sizes than without BN "
@@ -424,7 +424,7 @@ def _range_claim(summary: pd.DataFrame, name: str, label: str, kind: str, said: 
 
 def claims(tables: dict[str, pd.DataFrame]) -> list[Claim]:
     """The paper's claims on the probes of networks still training (finite loss before the
-    step), with the magnitudes it shows (PAPERS.md section D); a first, sanity claim counts
+    step), with the magnitudes it shows (docs/papers.md#bjorck-fig-3); a first, sanity claim counts
     those probes for the no-BN network, whose learning rate is the largest at which the
     paper trains it (Fig. 1). The NF and AGC rows are extensions (kind ``extension``)."""
     if lacking(tables, "relative_loss"):

@@ -495,7 +495,7 @@ def max_channel_variance(moments: pd.DataFrame, series: str, layer: int) -> floa
     return float(values.max()) if np.isfinite(values).all() else np.inf
 
 
-# Bjorck et al.'s Fig. 4 colour bars (PAPERS.md section D, read to a factor ~2): the largest
+# Bjorck et al.'s Fig. 4 colour bars (docs/papers.md#bjorck-fig-4, read to a factor ~2): the largest
 # channel variance of the no-BN network during its diverging update, per layer.
 PAPER_MAX_VARIANCE = {8: 1.0, 44: 5e6, 80: 5e16}
 # The paper states neither the update nor its learning rate; the protocol (module docstring)

@@ -57,7 +57,7 @@ class Params(NetworkParams):
     series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batch as training would see it (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
-    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (docs/papers.md#bjorck-reproduction, depth 101)
 
     def __post_init__(self):
         check_network_params(self)
@@ -130,7 +130,7 @@ PANELS = {
 }
 PANELS_TEXT = {"avg_channel_abs_mean": "mean_C |channel mean|", "avg_channel_std": "mean_C channel std"}
 
-# The paper's "log magnitude" (../shared/PAPERS.md section D, read off its Fig. 5): BN
+# The paper's "log magnitude" (docs/papers.md#bjorck-fig-5, read off its Fig. 5): BN
 # within ~-1.5..1 at every layer; no BN channel means from ~-1.5 (layer 6) to ~3.5 (layer
 # 110). The base is not stated. We read it as the natural log: (1) an axis of linear ticks
 # -1.5..3.5 labelled "log magnitude" is what plotting numpy's log (base e) gives, where a

@@ -69,7 +69,7 @@ class Params(NetworkParams):
     series: tuple[str, ...] = ("bn", "none", "nf")  # networks: bn | none | ws | nf (paper: bn, none)
     augment: bool = True  # the mini-batches as training would see them (crop + flip)
     nf_skip_gain_init: float = 1.0  # see the module docstring
-    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (seed 004's, depth 101)
+    model: str = "cifar_resnet"  # cifar_resnet (the paper's) | torchvision_resnet (docs/papers.md#bjorck-reproduction, depth 101)
 
     def __post_init__(self):
         check_network_params(self)
@@ -210,7 +210,7 @@ CMAP = "RdBu_r"  # red: positive (the class is pushed down), blue: negative (the
 # A network "predicts one class irrespective of the input" (collapsed) when its dominant
 # class gets p > 1/2 from at least this share of the images labelled otherwise.
 NEARLY_EVERY = 0.9
-# The paper's colour scale (../shared/PAPERS.md section D): ~+-0.004 for the gradient of
+# The paper's colour scale (docs/papers.md#bjorck-fig-6): ~+-0.004 for the gradient of
 # the batch-mean loss, batch ~128. d(mean loss)/d logit = (softmax - onehot) / B, so its
 # entries lie within +-1/B, and +-1/(2B) = +-0.0039 at B = 128 is the paper's scale: a
 # column whose class gets p > 1/2 is saturated, as the no-BN column in the paper is. The

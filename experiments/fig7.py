@@ -115,7 +115,7 @@ def run(params: Params, *, seed: int = 0, device: str = "auto") -> dict[str, pd.
 # -------------------- the figure and its claims, drawn from the tables alone
 
 
-# The paper's magnitudes (../shared/PAPERS.md section D, read off its Fig. 7): the support
+# The paper's magnitudes (docs/papers.md#bjorck-fig-7, read off its Fig. 7): the support
 # of the histograms of 1, 3, 5 factors. Their n -> inf limits are the Fuss-Catalan edges
 # 2, 3.08, 3.86; at finite size the largest sits a little below.
 PAPER_SUPPORT = {1: 2.0, 3: 3.2, 5: 4.0}

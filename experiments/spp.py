@@ -233,7 +233,7 @@ def _values(table: pd.DataFrame, series: str, input_kind: str, statistic: str) -
     return rows.set_index("block")["value"].sort_index()
 
 
-# Thresholds (Brock, De, Smith 2021a; PAPERS.md sections C and D), each defined once:
+# Thresholds (Brock, De, Smith 2021a; docs/papers.md#spp-magnitudes), each defined once:
 # The mean shift, as the squared channel mean over the channel variance. The paper's Fig. 1
 # calls BN-ReLU-Conv's squared mean ~14-17 at a variance ~35 (a ratio ~0.4-0.5) a mean
 # shift, and ReLU-BN-Conv's ~0 none; Scaled WS makes an NF-ResNet look like the latter.

@@ -24,7 +24,7 @@ def relative_loss_by_trial_steps(
     *,
     loss_fn: LossFn = F.cross_entropy,
 ) -> np.ndarray:
-    """The public reproduction's method (PAPERS.md seed 004, ``fig3``), the reference
+    """The public reproduction's method (docs/papers.md#bjorck-reproduction, ``fig3``), the reference
     that tests/test_landscape.py and benchmarks/bench_landscape.py compare against. Slow on purpose.
 
     For each step size: save model and optimizer to ``folder`` with ``torch.save``, set the

@@ -64,7 +64,7 @@ def test_experiment_tables_at_tiny_size():
 
 
 STEPS = 10 ** np.arange(-5.5, 0.51, 0.5)  # 3.2e-6 ... 3.2, half a decade apart
-# Curves shaped like the paper's Fig. 3 (PAPERS.md D), one value per step in STEPS.
+# Curves shaped like the paper's Fig. 3 (docs/papers.md#bjorck-fig-3), one value per step in STEPS.
 PAPER_BN = [1.0, 0.999, 0.99, 0.97, 0.93, 0.88, 0.8, 0.75, 0.7, 0.72, 1.5, 4.0, 20.0]  # minimum 0.7 near 0.03
 PAPER_NO_BN = [0.95, 0.8, 0.4, 0.15, 0.1, 50.0, 1e7, np.inf, np.inf, np.inf, np.inf, np.inf, np.inf]  # 0.1 at 3e-4
 FLAT = [0.99999] * len(STEPS)  # a network that does not move

@@ -133,7 +133,7 @@ def _tables(none_max: dict, relative_none, relative_nf=(1.0, 0.99), none_start: 
     return {"channel_moments": pd.DataFrame(rows), "update_loss": pd.DataFrame(losses)}
 
 
-PAPER_LIKE = {8: 0.8, 44: 3e6, 80: 2e16}  # PAPERS.md section D, within the factor-2 reading
+PAPER_LIKE = {8: 0.8, 44: 3e6, 80: 2e16}  # docs/papers.md#bjorck-fig-4, within the factor-2 reading
 
 
 def _claims(tables) -> dict:

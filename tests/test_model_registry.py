@@ -1,5 +1,5 @@
 """The model option: figures build the paper's CIFAR ResNet or the public reproduction's
-torchvision ResNet-101 (seed 004) through one registry, with errors that name the choices."""
+torchvision ResNet-101 (docs/papers.md#bjorck-reproduction) through one registry, with errors that name the choices."""
 
 import math
 
@@ -119,7 +119,7 @@ def test_bad_model_parameters_name_the_choices():
     assert params.model == "torchvision_resnet"
 
 
-# seed 004's network: torchvision's ResNet-101 with torchvision's own init (kaiming normal, fan_out)
+# The Bjorck reproduction's network (docs/papers.md#bjorck-reproduction): torchvision's ResNet-101, its own init (kaiming normal, fan_out)
 TV = {"model": "torchvision_resnet", "depth": 101, "series": ["bn", "none"], "init": "kaiming_fan_out"}
 
 

@@ -32,7 +32,7 @@ INITS = ("kaiming_fan_out", "kaiming_fan_in", "xavier_uniform", "xavier_normal",
 
 # The paper's network. Bjorck et al. do not state their initialisation; of INITS this is
 # the one whose ResNet-110 (with and without BN) best matches the magnitudes of their
-# figures at once (PAPERS.md section D), measured by experiments/_init_survey.py; the table
+# figures at once (docs/papers.md#bjorck-magnitudes), measured by experiments/_init_survey.py; the table
 # and the reasons are in results/init_survey/. The paper profile of every Bjorck figure
 # (figs 1-6) uses it.
 PAPER_INIT = "xavier_uniform"

@@ -5,7 +5,7 @@
   :func:`~nfstudy.models.resnet.cifar_resnet`.
 * ``torchvision_resnet``: torchvision's ImageNet ResNet (``torchvision.models.resnet<depth>``,
   untrained, ``num_classes`` outputs), as the public reproduction of Bjorck et al.
-  (PAPERS.md, seed 004) ran it on 32x32 CIFAR-10 with depth 101. Norm ``bn`` keeps its
+  (docs/papers.md#bjorck-reproduction) ran it on 32x32 CIFAR-10 with depth 101. Norm ``bn`` keeps its
   BatchNorms; ``none`` replaces every one with ``nn.Identity`` by
   :func:`~nfstudy.models.surgery.remove_batchnorm` (the reproduction's ``disable_bn``),
   after initialisation, so both start from the same conv weights. The ImageNet stem

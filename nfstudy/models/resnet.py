@@ -14,7 +14,7 @@ the blocks take them as callables, timm's ``conv_layer``/``norm_layer``/``act_la
   (the ``bn*`` modules are ``nn.Identity``; no biases are added).
 * ``"ws"``: ``"none"`` with Scaled Weight-Standardised convs (what
   :func:`~nfstudy.models.surgery.swap_convs_for_ws` does to any model).
-* ``"nf"``: the NF-ResNet of Brock, De, Smith (ICLR 2021), PAPERS.md section C:
+* ``"nf"``: the NF-ResNet of Brock, De, Smith (ICLR 2021), docs/papers.md#nf-resnet-block:
   pre-activation blocks ``h + alpha * g * f(h / beta)`` with scaled-WS convs (with bias),
   gamma-scaled ReLUs, alpha = 0.2, ``beta = sqrt(Var(h))`` from the analytic recursion
   ``Var(h_{i+1}) = Var(h_i) + alpha^2`` reset to 1 after the first (transition) block of

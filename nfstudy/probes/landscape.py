@@ -9,7 +9,7 @@ above :data:`DIVERGENCE_THRESHOLD` (or a non-finite one) counts as divergence, a
 
 ``d`` is the step ``optimizer.step()`` would take with ``lr = 1``
 (:class:`~nfstudy.probes.update.UpdateDirection`, clipped as the training step clips).
-The public reproduction (PAPERS.md seed 004) measured the same by calling the optimizer
+The public reproduction (docs/papers.md#bjorck-reproduction) measured the same by calling the optimizer
 with ``lr = eta`` for each ``eta`` and restoring model and optimizer from disk in
 between (tests/_reference.py keeps that method). Here, without that waste:
 
