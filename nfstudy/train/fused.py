@@ -117,30 +117,6 @@ def _per_run(value, n: int, what: str) -> list:
     return [value] * n
 
 
-def _restack(runs: list[Trainee]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[list[nn.Parameter]]]:
-    """Stack the runs' parameters and buffers along a new dim 0 (``stack_module_state``'s
-    layout) and point every run's own tensors at its slice, so its optimizer, clipper,
-    ``state_dict`` and ``evaluate`` see the stacked values; also each run's parameters, in
-    the stack's order."""
-    names = [n for n, _ in runs[0].model.named_parameters()]
-    buffer_names = [n for n, _ in runs[0].model.named_buffers()]
-    own = [(list(r.model.parameters()), list(r.model.buffers())) for r in runs]
-    params = {n: torch.stack([p[j].detach() for p, _ in own]).requires_grad_() for j, n in enumerate(names)}
-    buffers = {n: torch.stack([b[j] for _, b in own]) for j, n in enumerate(buffer_names)}
-    for k, (p, b) in enumerate(own):
-        for j, n in enumerate(names):
-            p[j].data = params[n].detach()[k]
-        for j, n in enumerate(buffer_names):
-            b[j].data = buffers[n][k]
-    return params, buffers, [p for p, _ in own]
-
-
-def _unstack(run: Trainee) -> None:
-    """A run leaving the stack gets its own storage back (the stack's memory can go)."""
-    for t in [*run.model.parameters(), *run.model.buffers()]:
-        t.data = t.data.clone()
-
-
 def train_fused(
     models: Sequence[nn.Module],
     data: ImageDataset,
@@ -163,89 +139,120 @@ def train_fused(
     checkpoint). Every run is :func:`nfstudy.train.train` with the same arguments.
     """
     runs, group = _start(models, data, configs, seeds, device, clips, out_dirs, on_epoch)
-    steps, sizes, amp = runs[0].steps, runs[0].sizes, group.amp
-    base = copy.deepcopy(models[0])  # the module functional_call runs; its own weights are never used
-
-    def forward(params, buffers, x):
-        return functional_call(base, (params, buffers), (x,))
-
-    forward_shared_batch = vmap(forward, in_dims=(0, 0, None))  # one batch broadcast to every run
-    forward_own_batches = vmap(forward, in_dims=(0, 0, 0))
-    if runs[0].config.compile:
-        forward_shared_batch, forward_own_batches = torch.compile(forward_shared_batch), torch.compile(forward_own_batches)
-
+    steps = runs[0].steps
+    stack = _Stack(models[0], runs[0].config.compile)
     bar = progress(
         total=sum(r.state.budget for r in runs) * steps, initial=sum(r.state.epoch for r in runs) * steps, desc=desc, unit="step"
     )
-    params = buffers = run_params = None
-    stacked: list[Trainee] = []
     while True:
         for r in runs:
             while r.extend_budget():  # not plateaued at the first drop: twice the epochs
                 bar.total += r.state.budget // 2 * steps
             if not r.training and not r.finished:
                 r.finish()
-        active = [r for r in runs if r.training]
-        if not active:
+        if not any(r.training for r in runs):
             break
-        if active != stacked:  # a run left: the others go on without it
-            for r in stacked:
-                if r not in active:
-                    _unstack(r)
-            params, buffers, run_params = _restack(active)
-            stacked = active
-        for r in active:
-            r.start_epoch()
-        base.train()
+        stack.hold([r for r in runs if r.training])  # a run left: the others go on without it
         batches = {}  # (seed, epoch) -> that epoch's batch iterator: runs that share both share the batch
-        for r in active:
-            key = (r.seed, r.state.epoch)
-            if key not in batches:
-                batches[key] = group.loaders[r.seed].epoch_batches(r.state.epoch)
+        for r in stack.runs:
+            r.start_epoch()
+            if (r.seed, r.state.epoch) not in batches:
+                batches[r.seed, r.state.epoch] = group.loaders[r.seed].epoch_batches(r.state.epoch)
         for b in range(steps):
             current = {key: next(it) for key, it in batches.items()}
-            keys = [(r.seed, r.state.epoch) for r in stacked]
-            for r in stacked:
+            for r in stack.runs:
                 r.warm_up(b)
-            with torch.autocast(group.device.type, torch.bfloat16, enabled=amp):
-                if len(set(keys)) == 1:
-                    x, y = current[keys[0]]
-                    logits = forward_shared_batch(params, buffers, x)
-                    ys = [y] * len(stacked)
-                else:
-                    logits = forward_own_batches(params, buffers, torch.stack([current[k][0] for k in keys]))
-                    ys = [current[k][1] for k in keys]
-            # Per run, as train computes it: the same loss, so the same logit gradients.
-            loss_sums = [F.cross_entropy(logits[k].float(), ys[k], reduction="sum") for k in range(len(stacked))]
-            (torch.stack(loss_sums) * (1 / sizes[b])).sum().backward()
-            grads = [p.grad for p in params.values()]
-            for k, r in enumerate(stacked):
-                for p, g in zip(run_params[k], grads):
-                    p.grad = g[k]
-                clip_and_step(r.model, r.optimizer, r.clip)
-                r.record_step(b, loss_sums[k], logits[k], ys[k])
-            for p in params.values():
-                p.grad = None
-            for r in stacked:
+            stack.step(b, current, group)
+            for r in stack.runs:
                 if r.sync_due(b):
                     read = r.record_window(b + 1)  # the divergence check
                     bar.update(read.end - read.start)
-            if any(r.diverged for r in stacked):  # a diverged run stops here, as train's loop breaks; the others go on without it
-                for r in stacked:
+            if any(r.diverged for r in stack.runs):  # it stops here, as train's loop breaks; the others go on without it
+                for r in stack.runs:
                     if r.diverged:
                         bar.total -= (r.state.budget * steps) - (r.state.epoch * steps + r.synced)
-                        _unstack(r)
                         r.finish()
-                stacked = [r for r in stacked if not r.diverged]
-                if not stacked:
+                stack.hold([r for r in stack.runs if not r.diverged])
+                if not stack.runs:
                     break
-                params, buffers, run_params = _restack(stacked)
-        for r in stacked:  # the epoch ends for the runs still in the stack
-            r.end_epoch(*evaluate(r.model, group.test_loader, amp))
+        for r in stack.runs:  # the epoch ends for the runs still in the stack
+            r.end_epoch(*evaluate(r.model, group.test_loader, group.amp))
     bar.close()
-    for r in stacked:
-        _unstack(r)
+    stack.hold([])
     return [r.result() for r in runs]
+
+
+class _Stack:
+    """The runs training together as one network: their parameters and buffers stacked
+    along a new dim 0 (``stack_module_state``'s layout), run by ``vmap(functional_call)``.
+    Every run's own tensors point at its slice, so its optimizer, clipper, ``state_dict``
+    and ``evaluate`` see the stacked values."""
+
+    def __init__(self, model: nn.Module, compile: bool):
+        self.base = copy.deepcopy(model).train()  # the module functional_call runs; its own weights are never used
+
+        def forward(params, buffers, x):
+            return functional_call(self.base, (params, buffers), (x,))
+
+        self.forward_shared_batch = vmap(forward, in_dims=(0, 0, None))  # one batch broadcast to every run
+        self.forward_own_batches = vmap(forward, in_dims=(0, 0, 0))
+        if compile:
+            self.forward_shared_batch, self.forward_own_batches = (
+                torch.compile(self.forward_shared_batch),
+                torch.compile(self.forward_own_batches),
+            )
+        self.runs: list[Trainee] = []
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.run_params: list[list[nn.Parameter]] = []  # each run's parameters, in the stack's order
+
+    def hold(self, runs: list[Trainee]) -> None:
+        """Train exactly ``runs`` from now on: a run that leaves gets its own storage back
+        (the stack's memory can go), the others are re-stacked (one copy of their parameters)."""
+        if runs == self.runs:
+            return
+        for r in self.runs:
+            if r not in runs:
+                for t in [*r.model.parameters(), *r.model.buffers()]:
+                    t.data = t.data.clone()
+        self.runs = runs
+        if not runs:
+            return
+        names = [n for n, _ in runs[0].model.named_parameters()]
+        buffer_names = [n for n, _ in runs[0].model.named_buffers()]
+        own = [(list(r.model.parameters()), list(r.model.buffers())) for r in runs]
+        self.params = {n: torch.stack([p[j].detach() for p, _ in own]).requires_grad_() for j, n in enumerate(names)}
+        self.buffers = {n: torch.stack([b[j] for _, b in own]) for j, n in enumerate(buffer_names)}
+        for k, (p, b) in enumerate(own):
+            for j, n in enumerate(names):
+                p[j].data = self.params[n].detach()[k]
+            for j, n in enumerate(buffer_names):
+                b[j].data = self.buffers[n][k]
+        self.run_params = [p for p, _ in own]
+
+    def step(self, b: int, current: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], group: _Group) -> None:
+        """Step ``b`` of the epoch for every run, each on its batch of ``current`` (keyed by
+        ``(seed, epoch)``): one forward and backward pass, then each run's own update."""
+        keys = [(r.seed, r.state.epoch) for r in self.runs]
+        with torch.autocast(group.device.type, torch.bfloat16, enabled=group.amp):
+            if len(set(keys)) == 1:
+                x, y = current[keys[0]]
+                logits = self.forward_shared_batch(self.params, self.buffers, x)
+                ys = [y] * len(self.runs)
+            else:
+                logits = self.forward_own_batches(self.params, self.buffers, torch.stack([current[k][0] for k in keys]))
+                ys = [current[k][1] for k in keys]
+        # Per run, as train computes it: the same loss, so the same logit gradients.
+        loss_sums = [F.cross_entropy(logits[k].float(), ys[k], reduction="sum") for k in range(len(self.runs))]
+        (torch.stack(loss_sums) * (1 / self.runs[0].sizes[b])).sum().backward()
+        grads = [p.grad for p in self.params.values()]
+        for k, r in enumerate(self.runs):
+            for p, g in zip(self.run_params[k], grads):
+                p.grad = g[k]
+            clip_and_step(r.model, r.optimizer, r.clip)
+            r.record_step(b, loss_sums[k], logits[k], ys[k])
+        for p in self.params.values():
+            p.grad = None
 
 
 @dataclass
