@@ -11,6 +11,7 @@ to FUSED_LOSS_RTOL (relative) and accuracies to FUSED_ACC_IMAGES images; everyth
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from _numerics import FIRST_LOSS_RTOL, FUSED_ACC_IMAGES, FUSED_LOSS_RTOL
 from nfstudy.clip import GradientClipper
 from nfstudy.data import load_dataset
 from nfstudy.models import create_model
-from nfstudy.train import TrainConfig, train, train_fused
+from nfstudy.train import LoopState, TrainConfig, train, train_fused
 
 BATCH = 256  # 1498 digits: 6 steps per epoch
 
@@ -151,6 +152,21 @@ def test_interrupted_fused_run_resumes_to_the_same_csvs(digits, tmp_path):
     # train() resumes a fused run's checkpoint: the files are train's.
     again = train(build("nf"), digits, configs[0], device="cpu", clip=clips[0], out_dir=parts[0])
     assert again.resumed_from == 5 and again.epochs == 5
+
+
+def test_both_engines_write_one_checkpoint_format(digits, tmp_path):
+    # One owner (nfstudy.train.state.Trainee): the same keys, the run's LoopState as a dict, and
+    # the same bookkeeping for a plateau-extended run; only the weights differ by rounding.
+    cfg = config(0.02, epochs=4, milestones=(0.5,), extend_until_plateau=True, plateau_window=1, plateau_tol=0.0, max_extensions=1)
+    train(build("bn"), digits, cfg, device="cpu", out_dir=tmp_path / "alone")
+    train_fused([build("bn")], digits, cfg, device="cpu", out_dirs=[tmp_path / "fused"])
+    alone, fused = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("alone", "fused"))
+    assert sorted(alone) == sorted(fused) == ["description", "fingerprint", "format", "model", "optimizer", "rng", "state"]
+    fields = [f.name for f in dataclasses.fields(LoopState)]
+    assert list(alone["state"]) == list(fused["state"]) == fields
+    bookkeeping = ("epoch", "budget", "extensions", "step", "status", "diverged_step")
+    assert [alone["state"][k] for k in bookkeeping] == [fused["state"][k] for k in bookkeeping] == [8, 8, 1, 48, "completed", None]
+    assert [r["step"] for r in alone["state"]["history"]] == [r["step"] for r in fused["state"]["history"]] == [6 * e for e in range(1, 9)]
 
 
 def test_fused_refuses_mixed_architectures_and_batches(digits):

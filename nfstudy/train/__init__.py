@@ -19,9 +19,11 @@ One module per concern, each read top to bottom:
 * :mod:`~nfstudy.train.config`: :class:`TrainConfig`, every field checked when made.
 * :mod:`~nfstudy.train.schedule`: the learning rate per epoch (milestones, warmup) and the
   plateau rule that doubles the budget.
-* :mod:`~nfstudy.train.loop`: :func:`train` (the loop on one screen), :func:`evaluate`,
-  the divergence check (a loss not finite or above ``divergence_factor`` times the first
-  step's, default the paper's Fig. 3 threshold), :class:`TrainResult`.
+* :mod:`~nfstudy.train.state`: one run being trained, whichever engine steps it: its
+  :class:`LoopState`, the warmup, the plateau rule, the divergence check (a loss not finite
+  or above ``divergence_factor`` times the first step's, default the paper's Fig. 3
+  threshold), the history row, the checkpoint, :class:`TrainResult`.
+* :mod:`~nfstudy.train.loop`: :func:`train` (the loop on one screen), :func:`evaluate`.
 * :mod:`~nfstudy.train.checkpoint`: ``checkpoint.pt`` and its configuration fingerprint;
   resuming another configuration's checkpoint raises :class:`CheckpointMismatch`.
 * :mod:`~nfstudy.train.distributed`: process group, rank and world size.
@@ -59,8 +61,9 @@ from .cli import _parser, main  # noqa: F401  (_parser: tests/test_readme.py che
 from .config import PRECISIONS, TrainConfig
 from .distributed import init_distributed
 from .fused import SHARED_FIELDS, train_fused
-from .loop import HISTORY_COLUMNS, HISTORY_DESCRIPTIONS, TrainResult, backward_and_step, evaluate, train
+from .loop import backward_and_step, evaluate, train
 from .schedule import PLATEAU_METRICS, accuracy_has_plateaued, has_plateaued, learning_rate, milestone_epochs
+from .state import HISTORY_COLUMNS, HISTORY_DESCRIPTIONS, LoopState, TrainResult, history_frame
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -71,6 +74,7 @@ __all__ = [
     "PRECISIONS",
     "SHARED_FIELDS",
     "CheckpointMismatch",
+    "LoopState",
     "TrainConfig",
     "TrainResult",
     "accuracy_has_plateaued",
@@ -79,6 +83,7 @@ __all__ = [
     "evaluate",
     "fingerprint",
     "has_plateaued",
+    "history_frame",
     "init_distributed",
     "learning_rate",
     "load_checkpoint",

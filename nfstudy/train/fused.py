@@ -14,7 +14,9 @@ network whose convolutions are grouped, the model code unchanged::
                           clips=[None, GradientClipper("adaptive", 0.01)],
                           out_dirs=["runs/a", "runs/b"])     # one TrainResult per run
 
-:func:`train_fused` is :func:`nfstudy.train.train` for each run, side by side:
+:func:`train_fused` is :func:`nfstudy.train.train` for each run, side by side: only the
+step is its own (the stacked forward and backward pass, then each run's update); every
+run is a :class:`~nfstudy.train.state.Trainee`, as ``train``'s one run is.
 
 * **Per run**, as ``train`` does it: the learning rate, its schedule (milestones, decay,
   warmup), the plateau rule, the clipping hook (``clip(model)`` on that run's own module,
@@ -48,11 +50,10 @@ shapes), the dataset and the loader settings (``batch_size``, ``augment``, ``dro
 from __future__ import annotations
 
 import copy
-import math
+import functools
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,92 +62,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..data import ImageDataset
-from ..runs import atomic_write_csv
+from ..data import DeviceLoader, ImageDataset
 from ..runtime import progress, resolve_device
-from .checkpoint import CHECKPOINT_FORMAT, describe, fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import describe
 from .config import TrainConfig
 from .distributed import rank_and_world
-from .loop import TrainResult, evaluate, history_frame
-from .schedule import learning_rate, milestone_epochs, plateaued
+from .loop import evaluate
+from .state import ClipFn, Trainee, TrainResult, batch_sizes, clip_and_step
 
 __all__ = ["SHARED_FIELDS", "train_fused"]
 
 # TrainConfig fields every run of a fused group must share: they fix the batches, their
 # number per epoch and the precision of the one stacked forward pass.
 SHARED_FIELDS = ("batch_size", "augment", "drop_last", "eval_batch_size", "precision", "channels_last", "compile")
-
-
-@dataclass(eq=False)
-class _Run:
-    """One run's side of the stack: everything ``train`` keeps in its locals."""
-
-    index: int
-    model: nn.Module
-    config: TrainConfig
-    seed: int
-    clip: Callable[[nn.Module], Any] | None
-    out: Path | None
-    description: dict[str, Any]
-    optimizer: torch.optim.Optimizer
-    s: dict[str, Any]
-    resumed_from: int
-    finished_before: bool
-    warmup_steps: int = 0
-    lr: float = 0.0
-    synced: int = 0
-    tick: float = 0.0
-    trained_images: float = 0.0
-    trained_seconds: float = 0.0
-    step_loss: torch.Tensor | None = None
-    step_correct: torch.Tensor | None = None
-    params: list[nn.Parameter] = field(default_factory=list)
-    buffers: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def training(self) -> bool:
-        return self.s["status"] == "running" and self.s["epoch"] < self.s["budget"]
-
-    def checkpoint(self, device: torch.device) -> None:
-        if self.out is None:
-            return
-        model_state = self.model.state_dict()  # views into the stack: cloned, or torch.save writes every run's storage
-        for key, value in model_state.items():
-            model_state[key] = value.clone()
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        save_checkpoint(
-            self.out / "checkpoint.pt",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint(self.description),
-                "description": self.description,
-                "state": self.s,
-                "model": model_state,
-                "optimizer": self.optimizer.state_dict(),
-                "rng": rng,
-            },
-        )
-
-    def write_history(self) -> None:
-        if self.out is not None:
-            atomic_write_csv(history_frame(self.s["history"], self.s["budget"]), self.out / "history.csv")
-
-    def result(self, steps_per_epoch: int) -> TrainResult:
-        s = self.s
-        return TrainResult(
-            history=history_frame(s["history"], s["budget"]),
-            status=s["status"],
-            epochs=s["epoch"],
-            budget=s["budget"],
-            steps=s["step"],
-            steps_per_epoch=steps_per_epoch,
-            initial_loss=float("nan") if s["initial_loss"] is None else s["initial_loss"],
-            diverged_step=s["diverged_step"],
-            diverged_loss=s["diverged_loss"],
-            resumed_from=self.resumed_from,
-            images_per_s=self.trained_images / self.trained_seconds if self.trained_seconds else float("nan"),
-            model=self.model,
-        )
 
 
 def _check_group(models: Sequence[nn.Module], configs: Sequence[TrainConfig]) -> None:
@@ -189,28 +117,6 @@ def _per_run(value, n: int, what: str) -> list:
     return [value] * n
 
 
-def _restack(runs: list[_Run]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Stack the runs' parameters and buffers along a new dim 0 (``stack_module_state``'s
-    layout) and point every run's own tensors at its slice, so its optimizer, clipper,
-    ``state_dict`` and ``evaluate`` see the stacked values."""
-    names = [n for n, _ in runs[0].model.named_parameters()]
-    buffer_names = [n for n, _ in runs[0].model.named_buffers()]
-    params = {n: torch.stack([r.params[j].detach() for r in runs]).requires_grad_() for j, n in enumerate(names)}
-    buffers = {n: torch.stack([r.buffers[j] for r in runs]) for j, n in enumerate(buffer_names)}
-    for k, r in enumerate(runs):
-        for j, n in enumerate(names):
-            r.params[j].data = params[n].detach()[k]
-        for j, n in enumerate(buffer_names):
-            r.buffers[j].data = buffers[n][k]
-    return params, buffers
-
-
-def _unstack(run: _Run) -> None:
-    """A run leaving the stack gets its own storage back (the stack's memory can go)."""
-    for t in [*run.params, *run.buffers]:
-        t.data = t.data.clone()
-
-
 def train_fused(
     models: Sequence[nn.Module],
     data: ImageDataset,
@@ -218,7 +124,7 @@ def train_fused(
     *,
     seeds: Sequence[int] | int = 0,
     device: str | torch.device = "auto",
-    clips: Sequence[Callable[[nn.Module], Any] | None] | None = None,
+    clips: Sequence[ClipFn | None] | None = None,
     out_dirs: Sequence[str | os.PathLike | None] | None = None,
     desc: str | None = None,
     on_epoch: Callable[[int, dict[str, Any]], Any] | None = None,
@@ -232,6 +138,136 @@ def train_fused(
     after each epoch of run i with its history row (after the row is written, before any
     checkpoint). Every run is :func:`nfstudy.train.train` with the same arguments.
     """
+    runs, group = _start(models, data, configs, seeds, device, clips, out_dirs, on_epoch)
+    steps = runs[0].steps
+    stack = _Stack(models[0], runs[0].config.compile)
+    bar = progress(
+        total=sum(r.state.budget for r in runs) * steps, initial=sum(r.state.epoch for r in runs) * steps, desc=desc, unit="step"
+    )
+    while True:
+        for r in runs:
+            while r.extend_budget():  # not plateaued at the first drop: twice the epochs
+                bar.total += r.state.budget // 2 * steps
+            if not r.training and not r.finished:
+                r.finish()
+        if not any(r.training for r in runs):
+            break
+        stack.hold([r for r in runs if r.training])  # a run left: the others go on without it
+        batches = {}  # (seed, epoch) -> that epoch's batch iterator: runs that share both share the batch
+        for r in stack.runs:
+            r.start_epoch()
+            if (r.seed, r.state.epoch) not in batches:
+                batches[r.seed, r.state.epoch] = group.loaders[r.seed].epoch_batches(r.state.epoch)
+        for b in range(steps):
+            current = {key: next(it) for key, it in batches.items()}
+            for r in stack.runs:
+                r.warm_up(b)
+            stack.step(b, current, group)
+            for r in stack.runs:
+                if r.sync_due(b):
+                    read = r.record_window(b + 1)  # the divergence check
+                    bar.update(read.end - read.start)
+            if any(r.diverged for r in stack.runs):  # it stops here, as train's loop breaks; the others go on without it
+                for r in stack.runs:
+                    if r.diverged:
+                        bar.total -= (r.state.budget * steps) - (r.state.epoch * steps + r.synced)
+                        r.finish()
+                stack.hold([r for r in stack.runs if not r.diverged])
+                if not stack.runs:
+                    break
+        for r in stack.runs:  # the epoch ends for the runs still in the stack
+            r.end_epoch(*evaluate(r.model, group.test_loader, group.amp))
+    bar.close()
+    stack.hold([])
+    return [r.result() for r in runs]
+
+
+class _Stack:
+    """The runs training together as one network: their parameters and buffers stacked
+    along a new dim 0 (``stack_module_state``'s layout), run by ``vmap(functional_call)``.
+    Every run's own tensors point at its slice, so its optimizer, clipper, ``state_dict``
+    and ``evaluate`` see the stacked values."""
+
+    def __init__(self, model: nn.Module, compile: bool):
+        self.base = copy.deepcopy(model).train()  # the module functional_call runs; its own weights are never used
+
+        def forward(params, buffers, x):
+            return functional_call(self.base, (params, buffers), (x,))
+
+        self.forward_shared_batch = vmap(forward, in_dims=(0, 0, None))  # one batch broadcast to every run
+        self.forward_own_batches = vmap(forward, in_dims=(0, 0, 0))
+        if compile:
+            self.forward_shared_batch, self.forward_own_batches = (
+                torch.compile(self.forward_shared_batch),
+                torch.compile(self.forward_own_batches),
+            )
+        self.runs: list[Trainee] = []
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.run_params: list[list[nn.Parameter]] = []  # each run's parameters, in the stack's order
+
+    def hold(self, runs: list[Trainee]) -> None:
+        """Train exactly ``runs`` from now on: a run that leaves gets its own storage back
+        (the stack's memory can go), the others are re-stacked (one copy of their parameters)."""
+        if runs == self.runs:
+            return
+        for r in self.runs:
+            if r not in runs:
+                for t in [*r.model.parameters(), *r.model.buffers()]:
+                    t.data = t.data.clone()
+        self.runs = runs
+        if not runs:
+            return
+        names = [n for n, _ in runs[0].model.named_parameters()]
+        buffer_names = [n for n, _ in runs[0].model.named_buffers()]
+        own = [(list(r.model.parameters()), list(r.model.buffers())) for r in runs]
+        self.params = {n: torch.stack([p[j].detach() for p, _ in own]).requires_grad_() for j, n in enumerate(names)}
+        self.buffers = {n: torch.stack([b[j] for _, b in own]) for j, n in enumerate(buffer_names)}
+        for k, (p, b) in enumerate(own):
+            for j, n in enumerate(names):
+                p[j].data = self.params[n].detach()[k]
+            for j, n in enumerate(buffer_names):
+                b[j].data = self.buffers[n][k]
+        self.run_params = [p for p, _ in own]
+
+    def step(self, b: int, current: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], group: _Group) -> None:
+        """Step ``b`` of the epoch for every run, each on its batch of ``current`` (keyed by
+        ``(seed, epoch)``): one forward and backward pass, then each run's own update."""
+        keys = [(r.seed, r.state.epoch) for r in self.runs]
+        with torch.autocast(group.device.type, torch.bfloat16, enabled=group.amp):
+            if len(set(keys)) == 1:
+                x, y = current[keys[0]]
+                logits = self.forward_shared_batch(self.params, self.buffers, x)
+                ys = [y] * len(self.runs)
+            else:
+                logits = self.forward_own_batches(self.params, self.buffers, torch.stack([current[k][0] for k in keys]))
+                ys = [current[k][1] for k in keys]
+        # Per run, as train computes it: the same loss, so the same logit gradients.
+        loss_sums = [F.cross_entropy(logits[k].float(), ys[k], reduction="sum") for k in range(len(self.runs))]
+        (torch.stack(loss_sums) * (1 / self.runs[0].sizes[b])).sum().backward()
+        grads = [p.grad for p in self.params.values()]
+        for k, r in enumerate(self.runs):
+            for p, g in zip(self.run_params[k], grads):
+                p.grad = g[k]
+            clip_and_step(r.model, r.optimizer, r.clip)
+            r.record_step(b, loss_sums[k], logits[k], ys[k])
+        for p in self.params.values():
+            p.grad = None
+
+
+@dataclass
+class _Group:
+    """What the stack steps with besides its runs: set up once, never saved."""
+
+    device: torch.device
+    amp: bool
+    loaders: dict[int, DeviceLoader]  # per seed: the order of a seed's batches is a function of (seed, epoch)
+    test_loader: DeviceLoader
+
+
+def _start(models, data, configs, seeds, device, clips, out_dirs, on_epoch) -> tuple[list[Trainee], _Group]:
+    """Check the group; place every model, build its optimizer, resume it from its
+    checkpoint; build the loaders; size the epoch."""
     n_runs = len(models)
     configs = [configs] * n_runs if isinstance(configs, TrainConfig) else list(configs)
     _check_group(models, configs)
@@ -240,41 +276,35 @@ def train_fused(
     out_dirs = _per_run(out_dirs, n_runs, "out_dirs")
     if len({str(o) for o in out_dirs if o is not None}) < sum(o is not None for o in out_dirs):
         raise ValueError(f"out_dirs repeats a folder: {out_dirs}; give every run its own")
-    rank, world = rank_and_world()
-    if world > 1:
+    if rank_and_world()[1] > 1:
         raise ValueError("train_fused trains the whole stack in one process: call nfstudy.train.train under DDP")
     device = resolve_device(device)
-    cuda = device.type == "cuda"
     shared = configs[0]
-    amp, channels_last = shared.autocast_and_layout(cuda)
+    amp, channels_last = shared.autocast_and_layout(device.type == "cuda")
 
-    runs: list[_Run] = []
+    runs = []
     for i, (model, config, seed, clip, out_dir) in enumerate(zip(models, configs, seeds, clips, out_dirs)):
         description = describe(model, data, config, seed, 1)  # before any training touches the weights
-        out = Path(out_dir) if out_dir is not None else None
         model.to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        s = dict(
-            epoch=0,
-            budget=config.epochs,
-            extensions=0,
-            step=0,
-            history=[],
-            status="running",
-            initial_loss=None,
-            diverged_step=None,
-            diverged_loss=None,
+        out = Path(out_dir) if out_dir is not None else None
+        report = functools.partial(on_epoch, i) if on_epoch is not None else None
+        # The torch RNG is not restored (whose would it be?): training draws nothing from it.
+        runs.append(
+            Trainee.open(
+                model,
+                config,
+                description,
+                seed=seed,
+                device=device,
+                clip=clip,
+                out=out,
+                on_epoch=report,
+                writer=out is not None,
+                restore_rng=False,
+            )
         )
-        if out is not None and (out / "checkpoint.pt").is_file():
-            saved = load_checkpoint(out / "checkpoint.pt", description)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            s.update(saved["state"])  # the torch RNG is not restored: training draws nothing from it
-        run = _Run(i, model, config, int(seed), clip, out, description, optimizer, s, s["epoch"], s["status"] != "running")
-        run.params, run.buffers = list(model.parameters()), list(model.buffers())
-        runs.append(run)
 
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     size = data.train_images.shape[-1]
     common = dict(device=device, channels_last=channels_last)
@@ -285,148 +315,7 @@ def train_fused(
         for seed in sorted({r.seed for r in runs})
     }
     test_loader = data.loader("test", shared.eval_batch_size, shuffle=False, seed=runs[0].seed, **common)
-    steps = len(next(iter(loaders.values())))
     n = len(data.train_labels)
-    batch_sizes = [min(shared.batch_size, n - b * shared.batch_size) for b in range(steps)]
-    sizes = torch.tensor(batch_sizes, device=device, dtype=torch.float32)
     for r in runs:
-        r.step_loss, r.step_correct = torch.zeros(steps, device=device), torch.zeros(steps, device=device)
-        r.warmup_steps = round(r.config.warmup_epochs * steps)
-
-    base = copy.deepcopy(models[0])  # the module functional_call runs; its own weights are never used
-
-    def forward(params, buffers, x):
-        return functional_call(base, (params, buffers), (x,))
-
-    forward_shared_batch = vmap(forward, in_dims=(0, 0, None))  # one batch broadcast to every run
-    forward_own_batches = vmap(forward, in_dims=(0, 0, 0))
-    if shared.compile:
-        forward_shared_batch, forward_own_batches = torch.compile(forward_shared_batch), torch.compile(forward_own_batches)
-
-    def finish(r: _Run) -> None:
-        if r.s["status"] == "running":
-            r.s["status"] = "completed"
-        if r.s["diverged_step"] is not None:
-            r.s["step"] = r.s["diverged_step"]
-        if not r.finished_before:
-            r.write_history()
-            r.checkpoint(device)
-
-    bar = progress(total=sum(r.s["budget"] for r in runs) * steps, initial=sum(r.s["epoch"] for r in runs) * steps, desc=desc, unit="step")
-    done: set[int] = set()
-    stacked: list[_Run] = []
-    params = buffers = None
-    while True:
-        for r in runs:  # the plateau rule, per run, at the start of its epoch
-            c = r.config
-            while r.training and c.extend_until_plateau and r.s["extensions"] < c.max_extensions:
-                first_drop = milestone_epochs(r.s["budget"], c.milestones)[0] if c.milestones else None
-                if r.s["epoch"] != first_drop or plateaued(r.s["history"], c.plateau_metric, c.plateau_window, c.plateau_tol):
-                    break
-                r.s["budget"], r.s["extensions"] = 2 * r.s["budget"], r.s["extensions"] + 1  # not plateaued: twice the epochs
-                bar.total += r.s["budget"] // 2 * steps
-        for r in runs:
-            if not r.training and r.index not in done:
-                done.add(r.index)
-                finish(r)
-        active = [r for r in runs if r.training]
-        if not active:
-            break
-        if active != stacked:  # a run left: the others go on without it
-            for r in stacked:
-                if r not in active:
-                    _unstack(r)
-            params, buffers = _restack(active)
-            stacked = active
-        for r in active:
-            r.lr = learning_rate(r.s["epoch"], r.s["budget"], r.config.lr, r.config.milestones, r.config.lr_decay)
-            for group in r.optimizer.param_groups:
-                group["lr"] = r.lr
-            r.synced, r.tick = 0, time.perf_counter()
-        base.train()
-        batches = {}  # (seed, epoch) -> that epoch's batch iterator: runs that share both share the batch
-        for r in active:
-            key = (r.seed, r.s["epoch"])
-            if key not in batches:
-                batches[key] = loaders[r.seed].epoch_batches(r.s["epoch"])
-        for b in range(steps):
-            current = {key: next(it) for key, it in batches.items()}
-            keys = [(r.seed, r.s["epoch"]) for r in stacked]
-            for r in stacked:
-                t = r.s["epoch"] * steps + b
-                if r.warmup_steps and t <= r.warmup_steps:  # linear warmup, then the schedule's rate
-                    for group in r.optimizer.param_groups:
-                        group["lr"] = r.lr * min(1.0, (t + 1) / r.warmup_steps)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                if len(set(keys)) == 1:
-                    x, y = current[keys[0]]
-                    logits = forward_shared_batch(params, buffers, x)
-                    ys = [y] * len(stacked)
-                else:
-                    logits = forward_own_batches(params, buffers, torch.stack([current[k][0] for k in keys]))
-                    ys = [current[k][1] for k in keys]
-            # Per run, as train computes it: the same loss, so the same logit gradients.
-            loss_sums = [F.cross_entropy(logits[k].float(), ys[k], reduction="sum") for k in range(len(stacked))]
-            (torch.stack(loss_sums) * (1 / sizes[b])).sum().backward()
-            grads = {name: p.grad for name, p in params.items()}
-            for k, r in enumerate(stacked):
-                for p, g in zip(r.params, grads.values()):
-                    p.grad = g[k]
-                if r.clip is not None:
-                    r.clip(r.model)
-                r.optimizer.step()
-                r.optimizer.zero_grad(set_to_none=True)
-                r.step_loss[b], r.step_correct[b] = loss_sums[k].detach(), (logits[k].argmax(1) == ys[k]).sum()
-            for p in params.values():
-                p.grad = None
-            left = False
-            for r in stacked:
-                if not (b + 1 == steps or b + 1 - r.synced >= r.config.sync_every):
-                    continue
-                window = slice(r.synced, b + 1)  # a host sync for this run: check its losses
-                losses = (r.step_loss[window] / sizes[window]).tolist()
-                if r.s["initial_loss"] is None:
-                    r.s["initial_loss"] = losses[0]
-                for i, value in enumerate(losses):
-                    if not math.isfinite(value) or value > r.config.divergence_factor * r.s["initial_loss"]:
-                        r.s.update(status="diverged", diverged_step=r.s["epoch"] * steps + r.synced + i + 1, diverged_loss=value)
-                        break
-                r.trained_seconds += time.perf_counter() - r.tick
-                r.trained_images += float(sum(batch_sizes[window]))
-                bar.update(b + 1 - r.synced)
-                r.synced, r.tick = b + 1, time.perf_counter()
-                left = left or r.s["status"] == "diverged"
-            if left:  # a diverged run stops here, as train's loop breaks; the others go on without it
-                for r in stacked:
-                    if r.s["status"] == "diverged":
-                        bar.total -= (r.s["budget"] * steps) - (r.s["epoch"] * steps + r.synced)
-                        done.add(r.index)
-                        _unstack(r)
-                        finish(r)
-                stacked = [r for r in stacked if r.s["status"] == "running"]
-                if not stacked:
-                    break
-                params, buffers = _restack(stacked)
-        for r in stacked:  # the epoch ends for the runs still in the stack
-            test_loss, test_accuracy = evaluate(r.model, test_loader, amp)
-            r.s["epoch"] += 1
-            r.s["step"] = r.s["epoch"] * steps
-            row = dict(
-                epoch=r.s["epoch"],
-                step=r.s["step"],
-                lr=r.optimizer.param_groups[0]["lr"],
-                train_loss=float(r.step_loss.sum()) / n,
-                train_accuracy=float(r.step_correct.sum()) / n,
-                test_loss=test_loss,
-                test_accuracy=test_accuracy,
-            )
-            r.s["history"].append(row)
-            r.write_history()
-            if on_epoch is not None:
-                on_epoch(r.index, {**row, "progress_pct": 100.0 * r.s["epoch"] / r.s["budget"]})
-            if r.s["epoch"] % r.config.checkpoint_every == 0 and r.s["epoch"] < r.s["budget"]:
-                r.checkpoint(device)
-    bar.close()
-    for r in stacked:
-        _unstack(r)
-    return [r.result(steps) for r in runs]
+        r.size_epoch(batch_sizes(n, shared.batch_size, len(next(iter(loaders.values())))), n)
+    return runs, _Group(device, amp, loaders, test_loader)
