@@ -13,6 +13,15 @@ GPU_CHECK ?=
 PYTHON  ?= python3
 VENV    ?= .venv
 
+# The quick profile's processes each use one torch thread (the committed gallery was made
+# so, and on 2 shared cores one thread per process is several times faster than torch's
+# default of one per core: benchmarks/README.md); set OMP_NUM_THREADS to override.
+ifeq ($(PROFILE),quick)
+export OMP_NUM_THREADS ?= 1
+endif
+# `make quick` runs this many figures at a time (default: one per core).
+QUICK_JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NF    := $(PY) -m nfstudy
@@ -92,8 +101,12 @@ $(foreach f,$(FIGURES),$(eval $(call FIGURE_RULES,$(f))))
 
 figs: $(FIGURES)
 
+# Every figure's quick seed 0, QUICK_JOBS figures at a time in single-thread processes (fig1
+# and agc also train their runs side by side: nfstudy/train/pool.py), longest first (make
+# starts them in FIGURES order: agc, fig1, ...), each line prefixed with its figure, progress
+# bars off; -k: a figure that fails does not stop the others, and fails `make quick` at the end.
 quick:
-	$(MAKE) figs PROFILE=quick
+	NFSTUDY_OUTPUT_PREFIX=1 NFSTUDY_PROGRESS=$${NFSTUDY_PROGRESS:-0} $(MAKE) -k -j$(QUICK_JOBS) figs PROFILE=quick
 
 report: $(STAMP)
 	$(NF) report
