@@ -1,6 +1,8 @@
 """nfstudy.train.pool: independent runs in worker processes give the numbers they give here."""
 
 import os
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -50,12 +52,27 @@ def tables(results):
 
 
 @pytest.mark.slow
-def test_runs_in_worker_processes_equal_the_runs_here_bit_for_bit(tiny, tmp_path):
+def test_runs_in_worker_processes_equal_the_runs_here_bit_for_bit(tiny, tmp_path, monkeypatch):
     """One torch thread here and in the workers (conftest): the same path, the same machine,
     so the tables are equal exactly (the CSVs a figure writes are these frames)."""
     assert torch.get_num_threads() == 1
     here = train_runs(jobs(), tiny, seed=3, device="cpu", workers=1)
+    lines = []  # (time, text) of what the pool prints
+
+    class Timed:
+        def write(self, text):
+            lines.append((time.monotonic(), text))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Timed())
     pooled = train_runs(jobs(tmp_path), tiny, seed=3, device="cpu", workers=2)
+    ended = time.monotonic()
+    monkeypatch.undo()
+    # Each run's line as it ends: the diverged run's long before the longest run (8 epochs) is done.
+    (diverged,) = [t for t, text in lines if "none@50.0: diverged at step" in text]
+    assert ended - diverged > 0.5, lines
     assert [r.status for r in pooled] == ["completed", "completed", "diverged", "completed"]  # in the jobs' order
     assert pooled[3].budget == 8  # extended by the plateau rule, in the worker too
     for a, b in zip(tables(here), tables(pooled)):
@@ -121,8 +138,6 @@ if __name__ == "__main__":
 def test_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
     """A killed figure (SIGKILL, out of memory) leaves no worker training on, writing checkpoints."""
     import subprocess
-    import sys
-    import time
 
     import psutil
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,17 +174,14 @@ def _train_in_pool(jobs, order, data, seed, device, workers, desc) -> list[Train
     results: dict[int, TrainResult] = {}
     try:
         futures = {executor.submit(_work, _dumps(jobs[i]), seed, device): i for i in order}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                i = futures[future]
-                payload, wall, cpu, used = future.result()  # a run's exception is raised here
-                if used != threads:
-                    raise RuntimeError(f"a worker trained with {used} torch threads instead of {threads}")
-                results[i] = _loads(payload)
-                bar.write(_line(jobs[i], results[i], wall, cpu), file=sys.stderr)
-                bar.update(1)
+        for future in as_completed(futures):  # each run as it ends
+            i = futures[future]
+            payload, wall, cpu, used = future.result()  # a run's exception is raised here
+            if used != threads:
+                raise RuntimeError(f"a worker trained with {used} torch threads instead of {threads}")
+            results[i] = _loads(payload)
+            bar.write(_line(jobs[i], results[i], wall, cpu), file=sys.stderr)
+            bar.update(1)
     except BaseException:
         _stop(executor)
         raise
