@@ -29,7 +29,7 @@ NF    := $(PY) -m nfstudy
 # A figure exists when its papermill template does: notebooks/<figure>.ipynb.
 FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
 
-.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick figs report bench lock clean $(FIGURES)
+.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick quick-figs figs report bench lock clean $(FIGURES)
 .DEFAULT_GOAL := help
 
 help:
@@ -102,11 +102,15 @@ $(foreach f,$(FIGURES),$(eval $(call FIGURE_RULES,$(f))))
 figs: $(FIGURES)
 
 # Every figure's quick seed 0, QUICK_JOBS figures at a time in single-thread processes (fig1
-# and agc also train their runs side by side: nfstudy/train/pool.py), longest first (make
-# starts them in FIGURES order: agc, fig1, ...), each line prefixed with its figure, progress
-# bars off; -k: a figure that fails does not stop the others, and fails `make quick` at the end.
+# and agc also train their runs side by side: nfstudy/train/pool.py), the longest first
+# (QUICK_FIRST, measured in benchmarks/README.md; the others follow in FIGURES order), each
+# line prefixed with its figure, progress bars off; -k: a figure that fails does not stop
+# the others, and fails `make quick` at the end.
+QUICK_FIRST := fig1 fig3 agc
 quick:
-	NFSTUDY_OUTPUT_PREFIX=1 NFSTUDY_PROGRESS=$${NFSTUDY_PROGRESS:-0} $(MAKE) -k -j$(QUICK_JOBS) figs PROFILE=quick
+	NFSTUDY_OUTPUT_PREFIX=1 NFSTUDY_PROGRESS=$${NFSTUDY_PROGRESS:-0} $(MAKE) -k -j$(QUICK_JOBS) quick-figs PROFILE=quick
+
+quick-figs: $(filter $(FIGURES),$(QUICK_FIRST)) $(filter-out $(QUICK_FIRST),$(FIGURES))
 
 report: $(STAMP)
 	$(NF) report
