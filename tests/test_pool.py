@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+import nfstudy.train.pool as pool
 from nfstudy.clip import GradientClipper
 from nfstudy.models import cifar_resnet
 from nfstudy.train import WORKERS_ENV, TrainConfig, TrainJob, pool_workers, train_runs
@@ -89,12 +90,55 @@ def test_runs_in_worker_processes_equal_the_runs_here_bit_for_bit(tiny, tmp_path
 
 
 @pytest.mark.slow
-def test_a_run_that_fails_in_a_worker_fails_the_pool(tiny, tmp_path):
+@pytest.mark.parametrize("figure", ["fig1", "agc"])
+def test_a_figures_tables_from_the_pool_equal_its_tables_one_run_after_the_other(figure, monkeypatch):
+    """The figure as `make quick` runs it (NFSTUDY_WORKERS unset: 2 single-thread workers on
+    2 cores) against the same figure with every run in this process, one after the other, at
+    one thread. Each run goes through the same code (train() on the same weights, random state,
+    config and seed) on the same machine at the same thread count, so bitwise equality is the
+    legitimate bar here; a different thread count or kernel would need a tolerance."""
+    import importlib
+
+    assert torch.get_num_threads() == 1
+    tiny_run = importlib.import_module(f"test_{figure}").tiny_run  # the figure's tiny config (seconds)
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    here = tiny_run(seed=1)
+    monkeypatch.delenv(WORKERS_ENV)
+    monkeypatch.setattr("nfstudy.train.pool._usable_cpus", lambda: 2)  # two workers whatever this machine has
+    spawned = []
+    real = pool._train_in_pool
+    monkeypatch.setattr(pool, "_train_in_pool", lambda *a: spawned.append(a[5]) or real(*a))
+    pooled = tiny_run(seed=1)
+    assert spawned == [2], "the figure did not train in a pool of two workers"
+    assert set(here) == set(pooled)
+    for name in here:
+        pd.testing.assert_frame_equal(here[name], pooled[name], check_exact=True, obj=f"{figure} {name}")
+        assert here[name].to_csv(index=False) == pooled[name].to_csv(index=False)
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_in_a_worker_fails_the_pool_naming_the_run(tiny, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     bad = jobs()
     bad[1].out_dir = blocker / "run"  # a folder under a file: train() cannot write there
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:  # the run's own exception, not a wrapper
+        train_runs(bad, tiny, seed=0, device="cpu", workers=2)
+    assert "[pool] raised in the worker process training none@0.05" in raised.value.__notes__
+
+
+class DieInWorker:
+    """A clipper that ends the worker process the way the kernel's OOM killer would."""
+
+    def __call__(self, model):
+        os.kill(os.getpid(), 9)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_the_pool_with_the_way_out(tiny):
+    bad = jobs()
+    bad[0].clip = DieInWorker()  # pickled by reference: the worker imports this module (spawn passes sys.path)
+    with pytest.raises(RuntimeError, match=rf"worker process ended abruptly .*bn@0.05.* Rerun with {WORKERS_ENV}=1"):
         train_runs(bad, tiny, seed=0, device="cpu", workers=2)
 
 

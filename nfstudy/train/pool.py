@@ -24,7 +24,9 @@ workers; at torch's default of one thread per core: 1, training here as before),
 one per run; on a GPU 1 (its runs are fused or share the device).
 
 Each worker's progress bar is off; the pool prints one line per finished run (status,
-epochs, wall and CPU seconds). A run that raises stops the pool and raises here; workers
+epochs, wall and CPU seconds). A run that raises stops the pool and raises its exception
+here, with a note naming the run; a worker that dies (killed, out of memory) stops it with a
+RuntimeError that names the runs in flight and the way out (``NFSTUDY_WORKERS=1``). Workers
 end with the process that started them (they watch their parent), so an interrupted
 figure leaves no run writing into its checkpoints.
 """
@@ -38,6 +40,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +179,18 @@ def _train_in_pool(jobs, order, data, seed, device, workers, desc) -> list[Train
         futures = {executor.submit(_work, _dumps(jobs[i]), seed, device): i for i in order}
         for future in as_completed(futures):  # each run as it ends
             i = futures[future]
-            payload, wall, cpu, used = future.result()  # a run's exception is raised here
+            try:
+                payload, wall, cpu, used = future.result()  # a run's exception is raised here
+            except BrokenProcessPool as error:  # the worker itself died: killed, out of memory, a crash in a kernel
+                unfinished = [jobs[k].desc or f"run {k}" for k in order if k not in results]
+                raise RuntimeError(
+                    f"[pool] a worker process ended abruptly (killed, out of memory, or a crash); runs not finished: "
+                    f"{', '.join(unfinished)}. Rerun with {WORKERS_ENV}=1 to train the runs one after the other in this "
+                    f"process (the finished runs resume from their checkpoints when the figure has a checkpoint folder)"
+                ) from error
+            except Exception as error:  # the run raised: its own exception, naming the run
+                error.add_note(f"[pool] raised in the worker process training {jobs[i].desc or f'run {i}'}")
+                raise
             if used != threads:
                 raise RuntimeError(f"a worker trained with {used} torch threads instead of {threads}")
             results[i] = _loads(payload)
