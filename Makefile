@@ -13,6 +13,15 @@ GPU_CHECK ?=
 PYTHON  ?= python3
 VENV    ?= .venv
 
+# The quick profile's processes each use one torch thread (the committed gallery was made
+# so, and on 2 shared cores one thread per process is several times faster than torch's
+# default of one per core: benchmarks/README.md); set OMP_NUM_THREADS to override.
+ifeq ($(PROFILE),quick)
+export OMP_NUM_THREADS ?= 1
+endif
+# `make quick` runs this many figures at a time (default: one per core).
+QUICK_JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NF    := $(PY) -m nfstudy
@@ -20,7 +29,7 @@ NF    := $(PY) -m nfstudy
 # A figure exists when its papermill template does: notebooks/<figure>.ipynb.
 FIGURES := $(sort $(basename $(notdir $(wildcard notebooks/*.ipynb))))
 
-.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick figs report bench lock clean $(FIGURES)
+.PHONY: help setup setup-system gpu-wheels gpu-pack gpu-check gpu-bench test quick quick-figs figs report bench lock clean $(FIGURES)
 .DEFAULT_GOAL := help
 
 help:
@@ -92,8 +101,16 @@ $(foreach f,$(FIGURES),$(eval $(call FIGURE_RULES,$(f))))
 
 figs: $(FIGURES)
 
+# Every figure's quick seed 0, QUICK_JOBS figures at a time in single-thread processes (fig1
+# and agc also train their runs side by side: nfstudy/train/pool.py), the longest first
+# (QUICK_FIRST, measured in benchmarks/README.md; the others follow in FIGURES order), each
+# line prefixed with its figure, progress bars off; -k: a figure that fails does not stop
+# the others, and fails `make quick` at the end.
+QUICK_FIRST := fig1 fig3 agc
 quick:
-	$(MAKE) figs PROFILE=quick
+	NFSTUDY_OUTPUT_PREFIX=1 NFSTUDY_PROGRESS=$${NFSTUDY_PROGRESS:-0} $(MAKE) -k -j$(QUICK_JOBS) quick-figs PROFILE=quick
+
+quick-figs: $(filter $(FIGURES),$(QUICK_FIRST)) $(filter-out $(QUICK_FIRST),$(FIGURES))
 
 report: $(STAMP)
 	$(NF) report

@@ -62,7 +62,7 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import split_agc
-from nfstudy.train import HISTORY_DESCRIPTIONS, TrainConfig, train
+from nfstudy.train import HISTORY_DESCRIPTIONS, TrainConfig, TrainJob, train_runs
 
 from ._common import (
     NetworkParams,
@@ -250,22 +250,17 @@ def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: 
 
     runs = params.runs()
     results = {}  # index in runs -> its TrainResult
-    if not use_fused(params.fuse, device):
-        for i, (series, norm, lam, batch_size) in enumerate(runs):
+    if not use_fused(params.fuse, device):  # each run alone; on a CPU side by side in worker processes
+        jobs = []
+        for series, norm, lam, batch_size in runs:
             torch.manual_seed(seed)  # the same initial weights for every run of a norm
             model = make_resnet(params, norm, data.num_classes)
             clip = clip_of(lam)
             desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
-            results[i] = train(
-                model,
-                data,
-                params.train_config(batch_size),
-                seed=seed,
-                device=device,
-                clip=clip,
-                out_dir=out_dir(series, lam, batch_size),
-                desc=desc,
-            )
+            # Started longest first: the same epochs at every batch size, so the smallest batch takes the most steps.
+            config = params.train_config(batch_size)
+            jobs.append(TrainJob(model, config, clip=clip, out_dir=out_dir(series, lam, batch_size), desc=desc, cost=1.0 / batch_size))
+        results = dict(enumerate(train_runs(jobs, data, seed=seed, device=device, desc="agc")))
     else:  # a norm's runs at one batch size (nf and its nf+agc thresholds) see the same batches: one stacked network
         for norm, batch_size in dict.fromkeys((norm, b) for _, norm, _, b in runs):
             group = [i for i, (_, n, _, b) in enumerate(runs) if (n, b) == (norm, batch_size)]

@@ -36,6 +36,7 @@ The tables ``run`` returns and their columns: ``TABLES``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
-from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, accuracy_has_plateaued, train
+from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, TrainJob, accuracy_has_plateaued, train_runs
 
 from ._common import (
     NetworkParams,
@@ -238,21 +239,17 @@ def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: 
 
     specs = [parse_series(spec) for spec in built_series(params, "fig1")]
     results = {}  # index in specs -> its TrainResult
-    if not use_fused(params.fuse, device):
-        for i, (norm, lr, agc) in enumerate(specs):
+    if not use_fused(params.fuse, device):  # each series alone; on a CPU side by side in worker processes
+        jobs = []
+        for norm, lr, agc in specs:
             torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
             model = make_resnet(params, norm, data.num_classes)
             clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
-            results[i] = train(
-                model,
-                data,
-                params.train_config(lr),
-                seed=seed,
-                device=device,
-                clip=clip,
-                out_dir=out_dir(norm, lr, agc),
-                desc=f"fig1 {series_name(norm, lr, agc)}",
-            )
+            # Started longest first: a smaller lr learns slower (the plateau rule extends it), clipping slows it too.
+            cost = -math.log10(lr) + (0.5 if agc else 0.0)
+            desc = f"fig1 {series_name(norm, lr, agc)}"
+            jobs.append(TrainJob(model, params.train_config(lr), clip=clip, out_dir=out_dir(norm, lr, agc), desc=desc, cost=cost))
+        results = dict(enumerate(train_runs(jobs, data, seed=seed, device=device, desc="fig1")))
     else:  # the series of one norm share the architecture: one stacked network per norm
         for group_norm in dict.fromkeys(norm for norm, _, _ in specs):
             group = [i for i, (norm, _, _) in enumerate(specs) if norm == group_norm]

@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +37,9 @@ __all__ = ["FIGURE_PACKAGE", "aggregate", "figure_package", "load_figure", "main
 # What every template's parameters cell has besides the experiment's own parameters.
 RUN_PARAMETERS = ("profile", "seed", "device", "results_dir")
 KERNEL_LOG = "kernel-stderr.log"
+# Set (to anything but "" or "0"), `run` and `aggregate` start every line they print with
+# "[<figure>] ": `make quick` runs figures side by side and their lines stay apart.
+PREFIX_ENV = "NFSTUDY_OUTPUT_PREFIX"
 
 
 def _root() -> Path:
@@ -505,11 +509,61 @@ def _expected(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error).startswith("device ")  # nfstudy.runtime.resolve_device
 
 
+class PrefixedLines:
+    """A text stream that starts every line written to ``stream`` with ``prefix`` and writes
+    whole lines only (a line ends at "\\n" or, for a progress bar redrawn in place, "\\r"), so
+    that the lines of processes sharing a terminal do not mix. :meth:`close` writes a last
+    unfinished line."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self._pending = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = re.split(r"(?<=[\n\r])", self._pending + text)
+        if lines:
+            self.stream.write("".join(self.prefix + line for line in lines))
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._pending:
+            self.write("\n")
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _prefixed_output(args):
+    """``[fig1] `` before every line of ``run`` and ``aggregate`` when ``NFSTUDY_OUTPUT_PREFIX`` is set."""
+    figure = getattr(args, "figure", None)
+    if not figure or os.environ.get(PREFIX_ENV, "") in ("", "0"):
+        yield
+        return
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrefixedLines(sys.stdout, f"[{figure}] "), PrefixedLines(sys.stderr, f"[{figure}] ")
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.close()
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("NFSTUDY_DEBUG", "") not in ("", "0")
     argv = _p_as_param([a for a in argv if a != "--debug"])
     args = _parser().parse_args(argv)
+    with _prefixed_output(args):
+        return _main(args, debug)
+
+
+def _main(args, debug: bool) -> int:
     from .compat import TorchvisionOpsUnavailable
 
     warnings.simplefilter("ignore", TorchvisionOpsUnavailable)

@@ -13,6 +13,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # test are tiny, and on a shared 2-core machine two threads spin-wait at every parallel
 # region, running 4-15x slower than one (DEVELOPERS.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Each figure's training runs one after the other in its own process: a pool of worker
+# processes (nfstudy.train.pool) would start two per run() here; tests/test_pool.py tests it.
+os.environ.setdefault("NFSTUDY_WORKERS", "1")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

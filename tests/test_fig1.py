@@ -308,10 +308,10 @@ def test_agc_claims_compare_the_clipped_networks_with_bn_and_leave_the_paper_cla
 
 
 def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, monkeypatch):
-    from nfstudy_experiments import fig1
+    import nfstudy.train.pool as pool  # with NFSTUDY_WORKERS=1 (conftest) it trains each series here
 
     whole = tiny_run(checkpoint_dir=tmp_path / "whole")
-    real_train, calls = fig1.train, []
+    real_train, calls = pool.train, []
 
     def interrupted_in_the_third_series(*args, **kwargs):
         calls.append(kwargs["desc"])
@@ -323,10 +323,10 @@ def test_an_interrupted_sweep_resumes_and_ends_with_the_same_tables(tmp_path, mo
             kwargs["on_epoch"] = stop
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(fig1, "train", interrupted_in_the_third_series)
+    monkeypatch.setattr(pool, "train", interrupted_in_the_third_series)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(checkpoint_dir=tmp_path / "cut")
-    monkeypatch.setattr(fig1, "train", real_train)
+    monkeypatch.setattr(pool, "train", real_train)
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["bn_lr0.001", "bn_lr0.1", "none_lr0.001"]
     resumed = tiny_run(checkpoint_dir=tmp_path / "cut")
     for name in ("history", "outcomes"):

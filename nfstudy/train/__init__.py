@@ -29,6 +29,8 @@ One module per concern, each read top to bottom:
 * :mod:`~nfstudy.train.distributed`: process group, rank and world size.
 * :mod:`~nfstudy.train.fused`: :func:`train_fused`, several runs of one architecture
   trained as one stacked network (``torch.func``), each run's files as :func:`train` writes them.
+* :mod:`~nfstudy.train.pool`: :func:`train_runs`, independent runs side by side in worker
+  processes (one per core at one torch thread), each as :func:`train` trains it here.
 * :mod:`~nfstudy.train.cli`: ``python -m nfstudy.train``.
 
 The clipping hook: ``clip(model)`` is called after ``loss.backward()`` (so after DDP's
@@ -62,6 +64,7 @@ from .config import PRECISIONS, TrainConfig
 from .distributed import init_distributed
 from .fused import SHARED_FIELDS, train_fused
 from .loop import backward_and_step, evaluate, train
+from .pool import WORKERS_ENV, TrainJob, pool_workers, train_runs
 from .schedule import PLATEAU_METRICS, accuracy_has_plateaued, has_plateaued, learning_rate, milestone_epochs
 from .state import HISTORY_COLUMNS, HISTORY_DESCRIPTIONS, LoopState, TrainResult, history_frame
 
@@ -75,7 +78,9 @@ __all__ = [
     "SHARED_FIELDS",
     "CheckpointMismatch",
     "LoopState",
+    "WORKERS_ENV",
     "TrainConfig",
+    "TrainJob",
     "TrainResult",
     "accuracy_has_plateaued",
     "backward_and_step",
@@ -89,6 +94,8 @@ __all__ = [
     "load_checkpoint",
     "milestone_epochs",
     "save_checkpoint",
+    "pool_workers",
     "train",
     "train_fused",
+    "train_runs",
 ]
