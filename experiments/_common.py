@@ -8,19 +8,16 @@ import sys
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 
 from nfstudy.claims import Claim
 from nfstudy.data import check_dataset, train_images
 from nfstudy.models import DEFAULT_MODEL, INITS, NF_NORMS, NORMS, build_model, check_model
 from nfstudy.params import check_choice, check_positive
 from nfstudy.series import network_of, split_agc
-from nfstudy.train import train, train_fused
 
 # A figure's ``fuse`` parameter: train each group of runs of one network as one stacked
 # network (nfstudy.train.train_fused) or one run at a time (nfstudy.train.train). "auto":
 # fused on CUDA only; on a CPU fused training is no faster (benchmarks/README.md, fused section).
-FUSE_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -155,24 +152,6 @@ def dropped_claims(params) -> list[Claim]:
             )
         )
     return found
-
-
-def check_fuse(fuse) -> None:
-    check_choice("fuse", fuse, FUSE_CHOICES)
-
-
-def use_fused(fuse: str, device: torch.device) -> bool:
-    """Whether ``fuse`` ("auto" | "on" | "off") trains fused on ``device``: "auto" fuses on CUDA only."""
-    return fuse == "on" or (fuse == "auto" and device.type == "cuda")
-
-
-def train_group(models, data, configs, *, seed, device, clips, out_dirs, desc):
-    """One :class:`~nfstudy.train.TrainResult` per model, in order: the runs of one network
-    trained as one stacked network (:func:`nfstudy.train.train_fused`); a run alone through
-    :func:`nfstudy.train.train`."""
-    if len(models) == 1:
-        return [train(models[0], data, configs[0], seed=seed, device=device, clip=clips[0], out_dir=out_dirs[0], desc=desc)]
-    return train_fused(models, data, configs, seeds=seed, device=device, clips=clips, out_dirs=out_dirs, desc=desc)
 
 
 def history_table(runs: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:

@@ -62,20 +62,17 @@ from nfstudy.params import check_choice, check_positive
 from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import split_agc
-from nfstudy.train import HISTORY_DESCRIPTIONS, TrainConfig, TrainJob, train_runs
+from nfstudy.train import FUSE_CHOICES, HISTORY_DESCRIPTIONS, TrainConfig, TrainJob, train_runs
 
 from ._common import (
     NetworkParams,
-    check_fuse,
     check_network_params,
     empty_figure,
     history_table,
     lacking,
     make_resnet,
     placeholder_claims,
-    train_group,
     unevaluable,
-    use_fused,
 )
 
 FIGURE = "agc"
@@ -141,7 +138,7 @@ class Params(NetworkParams):
             check_positive("AGC clipping threshold in agc_lambdas", lam)
         if len(set(self.agc_lambdas)) < len(self.agc_lambdas):
             raise ValueError(f"agc_lambdas repeats a value: {list(self.agc_lambdas)}")
-        check_fuse(self.fuse)
+        check_choice("fuse", self.fuse, FUSE_CHOICES)
         for b in self.batch_sizes:
             self.train_config(b)  # the engine's own checks (epochs, lr, ...)
 
@@ -249,36 +246,18 @@ def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: 
         return Path(checkpoint_dir) / run_folder(series, lam, batch_size) if checkpoint_dir is not None else None
 
     runs = params.runs()
-    results = {}  # index in runs -> its TrainResult
-    if not use_fused(params.fuse, device):  # each run alone; on a CPU side by side in worker processes
-        jobs = []
-        for series, norm, lam, batch_size in runs:
-            torch.manual_seed(seed)  # the same initial weights for every run of a norm
-            model = make_resnet(params, norm, data.num_classes)
-            clip = clip_of(lam)
-            desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
-            # Started longest first: the same epochs at every batch size, so the smallest batch takes the most steps.
-            config = params.train_config(batch_size)
-            jobs.append(TrainJob(model, config, clip=clip, out_dir=out_dir(series, lam, batch_size), desc=desc, cost=1.0 / batch_size))
-        results = dict(enumerate(train_runs(jobs, data, seed=seed, device=device, desc="agc")))
-    else:  # a norm's runs at one batch size (nf and its nf+agc thresholds) see the same batches: one stacked network
-        for norm, batch_size in dict.fromkeys((norm, b) for _, norm, _, b in runs):
-            group = [i for i, (_, n, _, b) in enumerate(runs) if (n, b) == (norm, batch_size)]
-            models = []
-            for _ in group:
-                torch.manual_seed(seed)  # as above: every run of a norm starts from the same weights
-                models.append(make_resnet(params, norm, data.num_classes))
-            trained = train_group(
-                models,
-                data,
-                [params.train_config(batch_size)] * len(group),
-                seed=seed,
-                device=device,
-                clips=[clip_of(runs[i][2]) for i in group],
-                out_dirs=[out_dir(runs[i][0], runs[i][2], batch_size) for i in group],
-                desc=f"agc {norm} B={batch_size} x{len(group)}",
-            )
-            results.update(zip(group, trained))
+    jobs = []
+    for series, norm, lam, batch_size in runs:
+        torch.manual_seed(seed)  # the same initial weights for every run of a norm
+        model = make_resnet(params, norm, data.num_classes)
+        clip = clip_of(lam)
+        desc = f"agc {series} B={batch_size}" + ("" if clip is None else f" lambda={lam:g}")
+        # Started longest first: the same epochs at every batch size, so the smallest batch takes the most steps.
+        # Fused, a norm's runs at one batch size (nf and its nf+agc thresholds, the same batches) train as one network.
+        config = params.train_config(batch_size)
+        cost, group = 1.0 / batch_size, f"{norm} B={batch_size}"
+        jobs.append(TrainJob(model, config, clip=clip, out_dir=out_dir(series, lam, batch_size), desc=desc, cost=cost, group=group))
+    results = train_runs(jobs, data, seed=seed, device=device, fuse=params.fuse, desc="agc")
     histories, summaries = [], []
     for i, (series, norm, lam, batch_size) in enumerate(runs):
         result = results[i]

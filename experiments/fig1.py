@@ -56,12 +56,11 @@ from nfstudy.plots import figure, series_color, series_label, series_linestyle
 from nfstudy.runtime import resolve_device
 from nfstudy.series import network_of, split_agc, split_series
 from nfstudy.series import series_name as tagged_series_name
-from nfstudy.train import HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, TrainJob, accuracy_has_plateaued, train_runs
+from nfstudy.train import FUSE_CHOICES, HISTORY_DESCRIPTIONS, PLATEAU_METRICS, TrainConfig, TrainJob, accuracy_has_plateaued, train_runs
 
 from ._common import (
     NetworkParams,
     built_series,
-    check_fuse,
     check_network_params,
     empty_figure,
     history_table,
@@ -69,9 +68,7 @@ from ._common import (
     make_resnet,
     placeholder_claims,
     say_missing,
-    train_group,
     unevaluable,
-    use_fused,
 )
 from ._common import dropped_claims as dropped_claims  # the notebook adds them to the claims
 
@@ -136,7 +133,7 @@ class Params(NetworkParams):
             raise ValueError(f"series repeats an entry: {', '.join(self.series)}")
         check_positive("agc_lambda (the AGC clipping threshold)", self.agc_lambda)
         check_choice("plateau_metric", self.plateau_metric, PLATEAU_METRICS)
-        check_fuse(self.fuse)
+        check_choice("fuse", self.fuse, FUSE_CHOICES)
         self.train_config(0.1)  # epochs, batch size, ...: the engine's own checks
 
     def train_config(self, lr: float) -> TrainConfig:
@@ -238,36 +235,18 @@ def run(params: Params, *, seed: int = 0, device: str = "auto", checkpoint_dir: 
         return Path(checkpoint_dir) / folder if checkpoint_dir is not None else None
 
     specs = [parse_series(spec) for spec in built_series(params, "fig1")]
-    results = {}  # index in specs -> its TrainResult
-    if not use_fused(params.fuse, device):  # each series alone; on a CPU side by side in worker processes
-        jobs = []
-        for norm, lr, agc in specs:
-            torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
-            model = make_resnet(params, norm, data.num_classes)
-            clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
-            # Started longest first: a smaller lr learns slower (the plateau rule extends it), clipping slows it too.
-            cost = -math.log10(lr) + (0.5 if agc else 0.0)
-            desc = f"fig1 {series_name(norm, lr, agc)}"
-            jobs.append(TrainJob(model, params.train_config(lr), clip=clip, out_dir=out_dir(norm, lr, agc), desc=desc, cost=cost))
-        results = dict(enumerate(train_runs(jobs, data, seed=seed, device=device, desc="fig1")))
-    else:  # the series of one norm share the architecture: one stacked network per norm
-        for group_norm in dict.fromkeys(norm for norm, _, _ in specs):
-            group = [i for i, (norm, _, _) in enumerate(specs) if norm == group_norm]
-            models = []
-            for _ in group:
-                torch.manual_seed(seed)  # as above: every series of a norm starts from the same weights
-                models.append(make_resnet(params, group_norm, data.num_classes))
-            trained = train_group(
-                models,
-                data,
-                [params.train_config(specs[i][1]) for i in group],
-                seed=seed,
-                device=device,
-                clips=[GradientClipper("adaptive", params.agc_lambda) if specs[i][2] else None for i in group],
-                out_dirs=[out_dir(*specs[i]) for i in group],
-                desc=f"fig1 {group_norm} x{len(group)}",
-            )
-            results.update(zip(group, trained))
+    jobs = []
+    for norm, lr, agc in specs:
+        torch.manual_seed(seed)  # the same initial weights for every lr of a norm, clipped or not
+        model = make_resnet(params, norm, data.num_classes)
+        clip = GradientClipper("adaptive", params.agc_lambda) if agc else None
+        # Started longest first: a smaller lr learns slower (the plateau rule extends it), clipping slows it too.
+        cost = -math.log10(lr) + (0.5 if agc else 0.0)
+        desc = f"fig1 {series_name(norm, lr, agc)}"
+        config = params.train_config(lr)
+        # The series of one norm share the architecture: fused, they train as one stacked network.
+        jobs.append(TrainJob(model, config, clip=clip, out_dir=out_dir(norm, lr, agc), desc=desc, cost=cost, group=norm))
+    results = train_runs(jobs, data, seed=seed, device=device, fuse=params.fuse, desc="fig1")
     histories, outcomes = [], []
     for i, (norm, lr, agc) in enumerate(specs):
         name = series_name(norm, lr, agc)

@@ -64,7 +64,7 @@ from .config import PRECISIONS, TrainConfig
 from .distributed import init_distributed
 from .fused import SHARED_FIELDS, train_fused
 from .loop import backward_and_step, evaluate, train
-from .pool import WORKERS_ENV, TrainJob, pool_workers, train_runs
+from .pool import FUSE_CHOICES, WORKERS_ENV, TrainJob, pool_workers, train_runs, use_fused
 from .schedule import PLATEAU_METRICS, accuracy_has_plateaued, has_plateaued, learning_rate, milestone_epochs
 from .state import HISTORY_COLUMNS, HISTORY_DESCRIPTIONS, LoopState, TrainResult, history_frame
 
@@ -77,6 +77,7 @@ __all__ = [
     "PRECISIONS",
     "SHARED_FIELDS",
     "CheckpointMismatch",
+    "FUSE_CHOICES",
     "LoopState",
     "WORKERS_ENV",
     "TrainConfig",
@@ -97,5 +98,7 @@ __all__ = [
     "pool_workers",
     "train",
     "train_fused",
+    "train_runs",
+    "use_fused",
     "train_runs",
 ]

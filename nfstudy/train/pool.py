@@ -1,4 +1,10 @@
-"""Independent training runs side by side: :func:`train_runs`, a pool of worker processes.
+"""Independent training runs side by side: :func:`train_runs`, the one entry point figures
+train through, fused on a GPU, in a pool of worker processes on a CPU.
+
+**Fused** (``fuse="on"``, or ``"auto"`` on CUDA): the jobs of one ``group`` (same
+architecture, same batches) train as one stacked network (:func:`~nfstudy.train.train_fused`),
+group after group in this process; a group of one trains through :func:`~nfstudy.train.train`.
+Otherwise every job is its own run, as below.
 
 A figure's runs (fig1's series, the AGC ablation's batch sizes and thresholds) are
 independent: each starts from its own initial weights and draws its own batches from the
@@ -48,13 +54,15 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset
-from ..runtime import progress
+from ..runtime import progress, resolve_device
 from .config import TrainConfig
+from .fused import train_fused
 from .loop import ClipFn, TrainResult, train
 
-__all__ = ["WORKERS_ENV", "TrainJob", "pool_workers", "train_runs"]
+__all__ = ["FUSE_CHOICES", "WORKERS_ENV", "TrainJob", "pool_workers", "train_runs", "use_fused"]
 
 WORKERS_ENV = "NFSTUDY_WORKERS"
+FUSE_CHOICES = ("auto", "on", "off")  # auto: fused on CUDA only
 
 
 @dataclass
@@ -63,7 +71,8 @@ class TrainJob:
     out_dir=out_dir, desc=desc)``. ``rng_state``: the global CPU random state the run starts
     with (default: the state when the job is made, i.e. right after its model was built).
     ``cost``: the expected relative cost; the pool starts the costliest runs first (the
-    order of the results is the order of the jobs)."""
+    order of the results is the order of the jobs). ``group``: jobs with the same group
+    (same architecture, same batch settings) may train fused as one stacked network."""
 
     model: nn.Module
     config: TrainConfig
@@ -71,6 +80,7 @@ class TrainJob:
     out_dir: str | os.PathLike | None = None
     desc: str | None = None
     cost: float = 0.0
+    group: str | None = None
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
 
 
@@ -95,19 +105,31 @@ def pool_workers(device: str | torch.device, runs: int) -> int:
     return max(1, min(wanted, runs))
 
 
+def use_fused(fuse: str, device: str | torch.device) -> bool:
+    """Whether ``fuse`` ("auto" | "on" | "off") trains fused on ``device``: "auto" fuses on CUDA only."""
+    if fuse not in FUSE_CHOICES:
+        raise ValueError(f"fuse must be one of {', '.join(FUSE_CHOICES)}, got {fuse!r}")
+    return fuse == "on" or (fuse == "auto" and torch.device(device).type == "cuda")
+
+
 def train_runs(
     jobs: Sequence[TrainJob],
     data: ImageDataset,
     *,
     seed: int = 0,
     device: str | torch.device = "auto",
+    fuse: str = "auto",
     workers: int | None = None,
     desc: str | None = None,
 ) -> list[TrainResult]:
     """``train(job.model, data, job.config, seed=seed, device=device, clip=job.clip,
-    out_dir=job.out_dir, desc=job.desc)`` for every job, in ``workers`` processes
-    (default :func:`pool_workers`); the results in the order of ``jobs``."""
+    out_dir=job.out_dir, desc=job.desc)`` for every job: fused by ``group`` when
+    :func:`use_fused`, else in ``workers`` processes (default :func:`pool_workers`); the
+    results in the order of ``jobs``."""
     jobs = list(jobs)
+    device = resolve_device(device)
+    if use_fused(fuse, device):
+        return _train_fused_groups(jobs, data, seed, device, desc)
     workers = pool_workers(device, len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     if workers <= 1:  # here, one after the other, in the given order
         results = []
@@ -117,6 +139,31 @@ def train_runs(
         return results
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)  # costliest first; equal costs keep their order
     return _train_in_pool(jobs, order, data, seed, device, workers, desc)
+
+
+def _train_fused_groups(jobs, data, seed, device, desc) -> list[TrainResult]:
+    """Each group's jobs as one stacked network, group after group (in order of first appearance)."""
+    results: dict[int, TrainResult] = {}
+    keys = [(job.group,) if job.group is not None else i for i, job in enumerate(jobs)]  # no group: a run alone
+    for key in dict.fromkeys(keys):
+        indices = [i for i, k in enumerate(keys) if k == key]
+        chosen = [jobs[i] for i in indices]
+        if len(chosen) == 1:
+            job = chosen[0]
+            trained = [train(job.model, data, job.config, seed=seed, device=device, clip=job.clip, out_dir=job.out_dir, desc=job.desc)]
+        else:
+            trained = train_fused(
+                [j.model for j in chosen],
+                data,
+                [j.config for j in chosen],
+                seeds=seed,
+                device=device,
+                clips=[j.clip for j in chosen],
+                out_dirs=[j.out_dir for j in chosen],
+                desc=f"{desc or 'runs'} {chosen[0].group} x{len(chosen)}",
+            )
+        results.update(zip(indices, trained))
+    return [results[i] for i in range(len(jobs))]
 
 
 # -------------------------------------------------------------------- the pool
