@@ -30,7 +30,9 @@ from nfstudy.cli import main
 from nfstudy.params import to_dict
 from nfstudy_experiments import fig7
 
-FIG7 = ["-p", "size", "40", "-p", "samples", "2"]
+# fig7's quick profile as it is (about a second): a run with other parameters is another
+# configuration, in a folder of its own (results/fig7/quick+size=40+samples=2-.../).
+FIG7: list[str] = []
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +41,7 @@ def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes 
     raised after the tables were written, before the claims."""
     from nfstudy_experiments import params_for
 
-    params = params_for("fig7", "quick", size=40, samples=2)
+    params = params_for("fig7", "quick")
     with runs.Run.start("fig7", "quick", seed, to_dict(params), device="cpu", root=root) as run:
         tables = run.save_tables(fig7.run(params, seed=seed, device="cpu"))
         if checkpoint is not None:  # a training figure's checkpoint, for the resume tests
@@ -278,8 +280,8 @@ def test_a_list_value_starting_with_a_dash_is_a_value(monkeypatch, capsys):
 def test_a_figure_without_data_ignores_dataset_and_says_so(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(cli, "run_figure", lambda figure, profile, seed, device, overrides, root: seen.update(overrides))
-    assert main(["run", "fig7", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic", *FIG7]) == 0
-    assert seen == {"size": 40, "samples": 2}
+    assert main(["run", "fig7", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic", "-p", "size", "40"]) == 0
+    assert seen == {"size": 40}
     assert "fig7 takes no data: --dataset synthetic is ignored" in capsys.readouterr().err
     assert main(["run", "fig2", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic"]) == 0
     assert seen["dataset"] == "synthetic"
@@ -354,7 +356,10 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from nfstudy import runs
-    run = runs.Run.start("fig7", "quick", 0, {}, root=sys.argv[1])
+    from nfstudy.cli import load_figure
+    from nfstudy.params import to_dict
+    params = to_dict(load_figure("fig7").PROFILES["quick"])  # the quick profile's own configuration: quick/seed=0
+    run = runs.Run.start("fig7", "quick", 0, params, root=sys.argv[1])
     print("holding", flush=True)
     time.sleep(300)
     """
