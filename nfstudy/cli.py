@@ -597,6 +597,10 @@ def _prefixed_output(args):
         sys.stdout, sys.stderr = saved
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("NFSTUDY_DEBUG", "") not in ("", "0")
@@ -610,6 +614,9 @@ def _main(args, debug: bool) -> int:
     from .compat import TorchvisionOpsUnavailable
 
     warnings.simplefilter("ignore", TorchvisionOpsUnavailable)
+    shown = warnings.formatwarning
+    if not debug:  # a skipped run is one line naming it and the fix, not a file:line and source line
+        warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except KeyboardInterrupt as error:
@@ -625,5 +632,6 @@ def _main(args, debug: bool) -> int:
         print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
+        warnings.formatwarning = shown
         with contextlib.suppress(Exception):
             sys.stdout.flush()

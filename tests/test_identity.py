@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -383,3 +384,23 @@ def test_a_notebook_run_by_hand_with_other_values_lands_in_its_configuration(res
     meta = runs.read_run(results_root / "fig7" / name / "seed=4")
     assert meta["status"] == "completed" and meta["config"]["name"] == name
     assert not (results_root / "fig7" / "quick").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_names_a_refused_folder_in_one_line(tmp_path):
+    fig7_run(tmp_path, 0)
+    shutil.copytree(tmp_path / "fig7" / "quick" / "seed=0", tmp_path / "fig7" / "quick" / "seed=0.bak")
+    done = subprocess.run(
+        [sys.executable, "-m", "nfstudy", "aggregate", "fig7", "--profile", "quick", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "seed=0.bak" in line]
+    assert lines == [
+        f"warning: skipping {tmp_path}/fig7/quick/seed=0.bak: it is named 'seed=0.bak' but holds seed 0's run: "
+        f"a duplicate of {tmp_path}/fig7/quick/seed=0, never counted; delete it"
+    ], done.stderr
+    assert pd.read_csv(tmp_path / "fig7" / "quick" / "claims.csv")["n_seeds"].eq(1).all()
