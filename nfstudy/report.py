@@ -103,15 +103,7 @@ def configuration_of(folders: Iterable[Path]) -> identity.Configuration | None:
     return None
 
 
-def state_configuration(fig, config: identity.Configuration | None) -> None:
-    """Add to ``fig``'s title the line that says what differs from the profile's own
-    parameters (model, depth, data set, any other), for a configuration that is not it."""
-    if config is None or config.default:
-        return
-    line = f"configuration {config.name}: {config.describe()}"
-    title = fig.get_suptitle()
-    size = fig._suptitle.get_fontsize() if getattr(fig, "_suptitle", None) is not None else 10
-    fig.suptitle(f"{title}\n{line}" if title else line, fontsize=size)
+state_configuration = runs.state_configuration  # the per-seed figure (Run.save_figure) and the aggregate state it alike
 
 
 def aggregate(figure: str, profile: str | None, root: str | os.PathLike | None = None, config=None) -> tuple[Path, pd.DataFrame]:

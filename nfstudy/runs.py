@@ -103,6 +103,7 @@ __all__ = [
     "results_root",
     "run_dir",
     "seed_dirs",
+    "state_configuration",
     "table_files",
     "verify_tables",
 ]
@@ -216,6 +217,20 @@ def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
 
 
 # --------------------------------------------------------------------------- run metadata
+
+
+def state_configuration(fig, config: identity.Configuration | None) -> None:
+    """Add to ``fig``'s title the line that says what differs from the profile's own
+    parameters (model, depth, data set, any other), for a configuration that is not it;
+    the profile's own keeps its title as it is."""
+    if config is None or config.default:
+        return
+    line = f"configuration {config.name}: {config.describe()}"
+    title = fig.get_suptitle()
+    if line in title:  # stated already (a figure saved twice)
+        return
+    size = fig._suptitle.get_fontsize() if getattr(fig, "_suptitle", None) is not None else 10
+    fig.suptitle(f"{title}\n{line}" if title else line, fontsize=size)
 
 
 def _now() -> str:
@@ -839,6 +854,10 @@ class Run:
         return self.save_table("claims", claims)
 
     def save_figure(self, fig, name: str | None = None) -> Path:
+        """Write ``<name>.png``; a run of a configuration other than its profile's own says
+        under the figure's title what differs (:func:`state_configuration`)."""
+        config = identity.configuration(self.meta["figure"], self.meta["profile"], self.meta.get("params"))
+        state_configuration(fig, config)
         return atomic_save_figure(fig, self.dir / f"{name or self.figure}.png")
 
     def finish(self, status: str = "completed", error: str | None = None) -> None:

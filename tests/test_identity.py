@@ -175,6 +175,27 @@ def test_a_run_with_other_values_lands_in_its_own_folder_and_records_its_configu
     assert not (default.parent / "seed=1.attempt").exists()
 
 
+def test_a_seeds_own_figure_states_what_differs_from_its_profile(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {}
+    for name, overrides in (("default", {}), ("variant", TINY7)):
+        with runs.Run.start("fig7", "quick", 0, to_dict(params_for("fig7", "quick", **overrides)), root=tmp_path) as run:
+            fig = plt.figure()
+            fig.suptitle("Fig. 7")
+            run.save_figure(fig)
+            run.save_figure(fig)  # saved twice: stated once
+            plt.close(fig)
+            titles[name] = fig.get_suptitle()
+        assert (run.dir / "fig7.png").is_file()
+    variant = identity.configuration_for("fig7", "quick", TINY7)
+    assert titles["default"] == "Fig. 7"  # the profile's own: its title as it always was
+    assert titles["variant"] == f"Fig. 7\nconfiguration {variant.name}: size=40 (quick: 300), samples=2 (quick: 10)"
+
+
 def test_load_table_and_aggregate_read_one_configuration_default_unless_asked(tmp_path, monkeypatch):
     for seed in (0, 1):
         fig7_run(tmp_path, seed)
