@@ -476,7 +476,11 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
-    attempt = results_root / "fig1" / "quick" / "seed=0.attempt"
+    # A tiny fig1 (depth 8, 6 epochs, two series): not the quick profile's own, so its configuration's folder.
+    overrides = {"depth": 8, "epochs": 6, "extend_until_plateau": False, "series": ("bn@0.1", "none@0.001")}
+    config = runs.config_folder("fig1", "quick", overrides, results_root)
+    assert config.name != "quick"
+    attempt = config / "seed=0.attempt"
     started = time.time()
     proc = _start_fig1(results_root)
     _wait_for_training(attempt, proc, started)
@@ -485,7 +489,7 @@ def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
     assert proc.returncode == 130
     assert "Traceback" not in err and "ZMQError" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last == f"[nfstudy] fig1 seed 0 (quick) interrupted: the attempt is kept in {attempt} (run the same command to resume)"
+    assert last == f"[nfstudy] fig1 seed 0 ({config.name}) interrupted: the attempt is kept in {attempt} (run the same command to resume)"
     assert runs.read_run(attempt)["status"] == "interrupted"
 
     started = time.time()
@@ -498,12 +502,12 @@ def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
     while not _gone(kernel) and time.time() < deadline:
         time.sleep(0.2)
     assert runs.read_run(attempt)["status"] == "running" and runs.attempt_status(attempt) == "killed"
-    assert not (results_root / "fig1" / "quick" / "seed=0").exists()
+    assert not (config / "seed=0").exists()
 
     proc = _start_fig1(results_root)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "cleared the stale lock" in err
-    meta = runs.read_run(results_root / "fig1" / "quick" / "seed=0")
+    meta = runs.read_run(config / "seed=0")
     assert meta["status"] == "completed" and [a["status"] for a in meta["earlier_attempts"]] == ["interrupted", "killed"]
-    assert not attempt.exists()
+    assert not attempt.exists() and not (results_root / "fig1" / "quick").exists()
