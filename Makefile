@@ -90,10 +90,11 @@ test: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m numerics
 
 # One target per (figure, seed) so that `make -j` runs seeds in parallel; the figure
-# target then draws the figure and the claims over every seed present.
+# target then draws the figure and the claims over every seed of the configuration it ran
+# (the same DATASET and PARAMS name it: nfstudy/identity.py).
 define FIGURE_RULES
 $(1): $(addprefix $(1)-seed,$(SEEDS))
-	$(NF) aggregate $(1) --profile $(PROFILE)
+	$(NF) aggregate $(1) --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(PARAMS)
 $(1)-seed%: $(STAMP)
 	$(NF) run $(1) --profile $(PROFILE) --seed $$* --device $(DEVICE) $(if $(GPUS),--gpus $(GPUS)) $(if $(DATASET),--dataset $(DATASET)) --no-aggregate $(PARAMS)
 endef

@@ -33,7 +33,7 @@ from typing import Any
 
 from nfstudy.params import check_choice, resolve
 
-__all__ = ["FIGURES", "load", "params_for"]
+__all__ = ["FIGURES", "execution_only", "load", "params_for"]
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "agc", "spp")
 
@@ -42,6 +42,14 @@ def load(figure: str) -> ModuleType:
     """The module of ``figure`` (one of :data:`FIGURES`)."""
     check_choice("figure", figure, FIGURES)
     return importlib.import_module(f"{__name__}.{figure}")
+
+
+def execution_only() -> tuple[str, ...]:
+    """The parameters that say how a run executes, not what it measures
+    (``_common.EXECUTION_ONLY``): no part of a run's configuration (nfstudy.identity)."""
+    from ._common import EXECUTION_ONLY
+
+    return EXECUTION_ONLY
 
 
 def params_for(figure: str, profile: str, **overrides: Any):

@@ -19,6 +19,14 @@ from nfstudy.series import network_of, split_agc
 # network (nfstudy.train.train_fused) or one run at a time (nfstudy.train.train). "auto":
 # fused on CUDA only; on a CPU fused training is no faster (benchmarks/README.md, fused section).
 
+# Parameters that say HOW a run executes, not WHAT it measures: left out of a run's
+# configuration (nfstudy.identity), so that changing one keeps the run's folder and seeds
+# run with either are averaged together. Each changes speed only: fused or one network at a
+# time (the same training, summed in another order), torch.compile, how often a checkpoint
+# is written (nfstudy.train.checkpoint.PERFORMANCE_FIELDS leaves it and `compile` out of the
+# checkpoint fingerprint too), how many step sizes or fractions one forward pass evaluates.
+EXECUTION_ONLY = ("fuse", "torch_compile", "checkpoint_every", "chunk_size")
+
 
 @dataclass(frozen=True)
 class NetworkParams:

@@ -3,14 +3,16 @@
     python -m nfstudy list [fig2 ...] [--markdown]
     python -m nfstudy run fig2 --profile quick --seeds 0 1 2 [-p layer 44] [--param depth=56]
     python -m nfstudy run fig1 --seeds 0-4 --launcher slurm --partition gpu   (nfstudy/launch.py)
-    python -m nfstudy aggregate fig2 --profile quick
+    python -m nfstudy aggregate fig2 --profile quick [-p layer 44 | --config quick+layer=44-1911ee]
     python -m nfstudy claims fig2 --profile quick     # re-derive each seed's claims from its tables
     python -m nfstudy report
 
 ``run`` executes ``notebooks/<figure>.ipynb`` with papermill once per seed, writing the
 executed notebook, tables, figure, claims and ``run.json`` into
-``results/<figure>/<profile>/seed=<S>/``, then draws the figure and the claims over every
-seed present (``aggregate``). The Makefile's figure targets call these commands.
+``results/<figure>/<config>/seed=<S>/`` (``<config>``: the profile for its own parameters,
+else ``<profile>+<what differs>-<hash>``, :mod:`nfstudy.identity`), then draws the figure
+and the claims over every seed of that configuration (``aggregate``, which takes the same
+``-p``/``--dataset`` options to name it). The Makefile's figure targets call these commands.
 """
 
 from __future__ import annotations
@@ -208,14 +210,19 @@ def run_figure(
     """Execute one seed of ``figure``'s notebook; returns the seed's folder.
 
     Parameters, device and offline data are checked before the seed's folder is touched.
-    The notebook runs in the seed's attempt folder (``seed=<S>.attempt``), under the seed's
-    lock, and is swapped in as ``seed=<S>`` once it has completed: a run that fails or is
+    The seed's folder is that of the run's configuration (:mod:`nfstudy.identity`):
+    ``<figure>/<profile>/seed=<S>`` for the profile's own parameters, else
+    ``<figure>/<profile>+<what differs>-<hash>/seed=<S>``, so that a run with other
+    parameters never replaces or joins the profile's. The notebook runs in the seed's attempt
+    folder (``seed=<S>.attempt``), under the seed's lock, and is swapped in as ``seed=<S>``
+    once it has completed: a run that fails or is
     interrupted leaves the last completed result as it was, and its own attempt (run.json,
     executed notebook, checkpoints) for inspection and to resume from.
     """
     import papermill as pm
 
     from . import runs
+    from .identity import configuration
     from .params import resolve
     from .runtime import resolve_device
 
@@ -228,8 +235,9 @@ def run_figure(
     params = resolve(module.PROFILES, profile, overrides)  # every check of the figure's Params, before any folder
     resolve_device(device)  # an unavailable device fails here, not inside a kernel
     _check_data(params)
-    final = runs.run_dir(figure, profile, seed, results_root)
-    what = f"{figure} seed {seed} ({profile})"
+    config = configuration(figure, profile, params)  # its folder: the profile's own, or the variant's
+    final = runs.run_dir(figure, profile, seed, results_root, config=config.name)
+    what = f"{figure} seed {seed} ({config.name})"
     with runs.acquire_lock(final, what=what) as lock:
         if lock.stale:
             print(
@@ -243,6 +251,8 @@ def run_figure(
         parameters = {"profile": profile, "seed": seed, "device": device, "results_dir": str(attempt)}
         parameters.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
         print(f"[nfstudy] {figure} profile={profile} seed={seed} device={device} -> {final}", file=sys.stderr)
+        if not config.default:
+            print(f"[nfstudy] configuration {config.name}: {config.describe()}; not the profile's own, kept apart from it", file=sys.stderr)
         started = time.time()
         os.environ.setdefault("NFSTUDY_COMMAND", " ".join(["python -m nfstudy", *sys.argv[1:]]))
         try:
@@ -322,20 +332,27 @@ def _mark_if_running(folder: Path, status: str, error: str) -> None:
         runs.mark_run(folder, status, error)
 
 
-def aggregate(figure: str, profile: str = "paper", results_root: str | os.PathLike | None = None):
-    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed; print the claims."""
+def aggregate(figure: str, profile: str | None = "paper", results_root: str | os.PathLike | None = None, config: Any = None):
+    """Draw ``<figure>.png`` and ``claims.csv`` over every completed seed of one
+    configuration (the profile's own; ``config``: a configuration's name, or overrides of
+    the profile's parameters, as ``run`` takes them); print the claims."""
     import pandas as pd
 
+    from . import runs
     from .report import aggregate as aggregate_files
 
-    image, summary = aggregate_files(figure, profile, results_root)
+    name = runs.config_name(figure, profile, config)
+    image, summary = aggregate_files(figure, None, results_root, config=name)
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
         print(
             summary[
                 ["kind", "claim", "value", "comparison", "threshold", "threshold_high", "outcome", "n_passed", "n_evaluable", "n_seeds"]
             ].to_string(index=False)
         )
-    print(f"[nfstudy] {figure} ({profile}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
+    print(f"[nfstudy] {figure} ({name}): {image}, {image.parent / 'claims.csv'}", file=sys.stderr)
+    others = [c for c in runs.configurations(figure, root=results_root) if c != name]
+    if others:
+        print(f"[nfstudy] {figure}: other configurations, each aggregated apart (--config NAME): {', '.join(others)}", file=sys.stderr)
     return summary
 
 
@@ -384,12 +401,27 @@ def _cmd_run(args) -> int:
         print(f"[nfstudy] {error}", file=sys.stderr)
         return 1
     if not args.no_aggregate:
-        aggregate(args.figure, args.profile, args.results)
+        aggregate(args.figure, args.profile, args.results, overrides or None)
     return 0
 
 
+def _selected(args) -> tuple[str, Any]:
+    """The profile and configuration ``aggregate`` and ``claims`` act on: ``--config NAME``,
+    or the profile's parameters with ``-p``/``--param``/``--dataset`` (as ``run`` takes
+    them: the configuration a ``run`` with the same options wrote), or the profile's own."""
+    overrides = _overrides(args)
+    if args.config:
+        if overrides:
+            raise ValueError("give --config NAME or the configuration's parameters (-p, --param, --dataset), not both")
+        from .identity import profile_of
+
+        return args.profile or profile_of(args.config), args.config
+    return args.profile or "paper", overrides or None
+
+
 def _cmd_aggregate(args) -> int:
-    aggregate(args.figure, args.profile, args.results)
+    profile, config = _selected(args)
+    aggregate(args.figure, profile, args.results, config)
     return 0
 
 
@@ -398,7 +430,8 @@ def _cmd_claims(args) -> int:
 
     from .report import rederive_claims
 
-    changes = rederive_claims(args.figure, args.profile, args.results)
+    profile, config = _selected(args)
+    changes = rederive_claims(args.figure, profile, args.results, config)
     for folder, changed in changes.items():
         if changed.empty:
             print(f"[nfstudy] {folder}: claims unchanged", file=sys.stderr)
@@ -406,7 +439,7 @@ def _cmd_claims(args) -> int:
         print(f"[nfstudy] {folder}: {len(changed)} claim(s) changed (run.json records it):", file=sys.stderr)
         with pd.option_context("display.max_colwidth", 70, "display.width", 200):
             print(changed.to_string(index=False), file=sys.stderr)
-    aggregate(args.figure, args.profile, args.results)
+    aggregate(args.figure, profile, args.results, config)
     return 0
 
 
@@ -453,10 +486,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, help="local CPU processes at a time (default: half the cores; with GPUs one per GPU)")
     run.set_defaults(func=_cmd_run)
 
-    agg = sub.add_parser("aggregate", help="the cross-seed figure and claims of a figure")
+    agg = sub.add_parser("aggregate", help="the cross-seed figure and claims of one configuration of a figure")
     agg.add_argument("figure")
-    agg.add_argument("--profile", default="paper")
-    agg.add_argument("--results")
+    _configuration_options(agg)
     agg.set_defaults(func=_cmd_aggregate)
 
     rederive = sub.add_parser(
@@ -464,14 +496,25 @@ def _parser() -> argparse.ArgumentParser:
         help="re-derive every completed seed's claims.csv from its stored tables (after changing a figure's claims), then aggregate",
     )
     rederive.add_argument("figure")
-    rederive.add_argument("--profile", default="paper")
-    rederive.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
+    _configuration_options(rederive)
     rederive.set_defaults(func=_cmd_claims)
 
     report = sub.add_parser("report", help="results/README.md: every figure present, its claims and run facts")
     report.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
     report.set_defaults(func=_cmd_report)
     return parser
+
+
+def _configuration_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name one configuration of a figure (``aggregate``, ``claims``)."""
+    parser.add_argument("--profile", help="paper | quick (default paper, or that of --config)")
+    parser.add_argument("--dataset", help="the configuration run with --dataset (as `run` takes it)")
+    parser.add_argument(
+        "-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter of the configuration, as `run` takes it"
+    )
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="a parameter of the configuration")
+    parser.add_argument("--config", help="a configuration by its folder's name (quick+layer=44-1911ee); default: the profile's own")
+    parser.add_argument("--results", help="results root (default results/ or $NFSTUDY_RESULTS)")
 
 
 def _oserror_line(error: OSError, results: str | None) -> str:
@@ -554,6 +597,10 @@ def _prefixed_output(args):
         sys.stdout, sys.stderr = saved
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("NFSTUDY_DEBUG", "") not in ("", "0")
@@ -567,6 +614,9 @@ def _main(args, debug: bool) -> int:
     from .compat import TorchvisionOpsUnavailable
 
     warnings.simplefilter("ignore", TorchvisionOpsUnavailable)
+    shown = warnings.formatwarning
+    if not debug:  # a skipped run is one line naming it and the fix, not a file:line and source line
+        warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except KeyboardInterrupt as error:
@@ -582,5 +632,6 @@ def _main(args, debug: bool) -> int:
         print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
+        warnings.formatwarning = shown
         with contextlib.suppress(Exception):
             sys.stdout.flush()

@@ -127,6 +127,16 @@ def _param_args(overrides: dict[str, Any]) -> list[str]:
     return [f"--param={name}={list(value) if isinstance(value, tuple) else value!r}" for name, value in overrides.items()]
 
 
+def _config_folder(figure: str, root: Path) -> Path:
+    """Where the reduced run of ``figure`` lands: not the paper profile's own parameters, so
+    its own configuration's folder (nfstudy.identity), as the command's options name it."""
+    from .cli import load_figure
+    from .runs import config_folder
+
+    takes_data = any(f.name == "dataset" for f in dataclasses.fields(load_figure(figure).Params))
+    return config_folder(figure, "paper", {**REDUCED[figure], **({"dataset": "synthetic"} if takes_data else {})}, root)
+
+
 def _claims_numbers(folder: Path) -> Callable[[str], dict[str, Any]]:
     def read(output: str) -> dict[str, Any]:
         import pandas as pd
@@ -219,7 +229,7 @@ def plan(root: Path, out: Path, device: str = "cuda", python: str | None = None)
             str(runs),
             *_param_args(REDUCED[figure]),
         ]
-        steps.append(Step(f"figure:{figure}", command, budget, _claims_numbers(runs / figure / "paper")))
+        steps.append(Step(f"figure:{figure}", command, budget, _claims_numbers(_config_folder(figure, runs))))
     bench = [python, str(root / "benchmarks" / "bench_train.py"), "--device", device, *BENCH_ARGS]
     bench += ["--jsonl", str(out / "logs" / "bench-train.jsonl")]  # its records, for tools/bench_tables.py
     steps.append(Step("bench-train", bench, BENCH_BUDGET_S, _bench_numbers, exclusive=True))

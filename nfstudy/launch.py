@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -256,8 +257,11 @@ def _preflight(args, launcher: str) -> None:
 
 
 def _aggregate_command(args) -> str:
-    results = f" --results {Path(args.results).resolve()}" if args.results else ""
-    return f"python -m nfstudy aggregate {args.figure} --profile {args.profile}{results}"
+    """The command that aggregates the sweep's configuration (its -p and --dataset options too)."""
+    options = [*(["--dataset", args.dataset] if args.dataset else []), *(x for name, value in args.p or [] for x in ("-p", name, value))]
+    options += [f"--param={item}" for item in args.param or []]
+    options += ["--results", str(Path(args.results).resolve())] if args.results else []
+    return shlex.join(["python", "-m", "nfstudy", "aggregate", args.figure, "--profile", args.profile, *options])
 
 
 def launch(args) -> int:
@@ -304,7 +308,7 @@ def launch(args) -> int:
             file=sys.stderr,
         )
         return 1
-    from .cli import aggregate
+    from .cli import _overrides, aggregate
 
-    aggregate(args.figure, args.profile, args.results)
+    aggregate(args.figure, args.profile, args.results, _overrides(args) or None)
     return 0

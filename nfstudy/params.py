@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["check_choice", "check_positive", "resolve", "to_dict"]
+__all__ = ["check_choice", "check_positive", "coerce", "resolve", "to_dict"]
 
 P = TypeVar("P")
 
@@ -83,21 +83,27 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def resolve(profiles: Mapping[str, P], profile: str, overrides: Mapping[str, Any] | None = None) -> P:
-    """The parameters of ``profile`` with ``overrides`` applied (``None`` values ignored)."""
-    check_choice("profile", profile, profiles)
-    base = profiles[profile]
-    hints = typing.get_type_hints(type(base))
-    names = [f.name for f in dataclasses.fields(base)]
+def coerce(cls: type, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` of the parameters dataclass ``cls``, each coerced to its field's type
+    (``None`` values dropped); an unknown name is a ValueError listing the valid ones, a
+    value of the wrong type a TypeError. The dataclass's own checks are not run."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise ValueError(
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-            f"{type(base).__name__}: valid parameters are {', '.join(names)}"
+            f"{cls.__name__}: valid parameters are {', '.join(names)}"
         )
-    coerced = {k: _coerce(k, v, hints[k]) for k, v in given.items()}
-    return dataclasses.replace(base, **coerced)  # runs the dataclass's own checks again
+    return {k: _coerce(k, v, hints[k]) for k, v in given.items()}
+
+
+def resolve(profiles: Mapping[str, P], profile: str, overrides: Mapping[str, Any] | None = None) -> P:
+    """The parameters of ``profile`` with ``overrides`` applied (``None`` values ignored)."""
+    check_choice("profile", profile, profiles)
+    base = profiles[profile]
+    return dataclasses.replace(base, **coerce(type(base), overrides))  # runs the dataclass's own checks again
 
 
 def to_dict(params: Any) -> dict[str, Any]:

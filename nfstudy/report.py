@@ -1,12 +1,15 @@
 """The results report: ``results/README.md``, built from the result files alone.
 
-For every figure and profile present it redraws the cross-seed figure and claims from
-the seeds' CSVs (so results copied from another machine report the same), then writes
-one Markdown page that renders on any git host: the figure, the claims table (claim,
-measured value, threshold, passed, over how many seeds) and the run facts (dataset,
-device, seeds, duration, library versions, git commit). Figures with no completed run
-are listed with the command that runs them; broken runs are skipped with a warning
-that names them.
+For every figure and configuration present (each profile's own parameters, and every
+other configuration in its own folder, :mod:`nfstudy.identity`) it redraws the cross-seed
+figure and claims from the seeds' CSVs (so results copied from another machine report the
+same), then writes one Markdown page that renders on any git host: the figure, the claims
+table (claim, measured value, threshold, passed, over how many seeds) and the run facts
+(dataset, device, seeds, duration, library versions, git commit; for a configuration other
+than the profile's own, what differs). Configurations are never mixed: each is its own
+section. Figures with no completed run are listed with the command that runs them; broken
+runs, and runs whose folder disagrees with their run.json (a copy, a run filed under
+another profile or configuration), are skipped with a warning that names them and the fix.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import runs
+from . import identity, runs
 from .claims import SEED_RULE, across_seeds, claims_table, normalize, score
 
 __all__ = ["aggregate", "build_report", "rederive_claims"]
@@ -38,9 +41,14 @@ def _figures():
 
 @dataclass
 class ProfileResult:
+    """One configuration of a figure: ``config`` its folder's name (the profile's own, or a
+    variant ``<profile>+...-<hash>``), ``profile`` that folder's profile."""
+
     figure: str
     profile: str
     folder: Path
+    config: str = ""
+    configuration: identity.Configuration | None = None
     completed: list[Path] = field(default_factory=list)
     broken: list[tuple[Path, str]] = field(default_factory=list)
     claims: pd.DataFrame | None = None
@@ -53,9 +61,9 @@ def _order(names: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
     return [n for n in preferred if n in names] + sorted(names - set(preferred))
 
 
-def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
-    folder = root / figure / profile
-    result = ProfileResult(figure, profile, folder)
+def _scan(root: Path, figure: str, config: str) -> ProfileResult:
+    folder = root / figure / config
+    result = ProfileResult(figure, identity.profile_of(config), folder, config)
     for seed_dir in sorted(folder.glob("seed=*")):
         meta = runs.read_run(seed_dir)
         if runs.is_attempt(seed_dir):  # an unfinished run beside the seed's completed one (if any)
@@ -74,16 +82,36 @@ def _scan(root: Path, figure: str, profile: str) -> ProfileResult:
             result.broken.append((seed_dir, f"{why}: delete the folder or run the seed again"))
         elif meta.get("status") != "completed":
             result.broken.append((seed_dir, f"status {meta.get('status')!r}" + (f": {meta['error']}" if meta.get("error") else "")))
+        elif (why := runs.identity_problem(seed_dir, meta)) is not None:
+            result.broken.append((seed_dir, why))
         elif not (seed_dir / "claims.csv").is_file():
             result.broken.append((seed_dir, "completed but claims.csv is missing"))
         else:
             result.completed.append(seed_dir)
+            if result.configuration is None:
+                result.configuration = identity.configuration(meta["figure"], meta["profile"], meta.get("params", {}))
     return result
 
 
-def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) -> tuple[Path, pd.DataFrame]:
-    """Draw ``<figure>.png`` and write ``claims.csv`` over every completed seed of a
-    figure and profile, from the seeds' CSVs; returns the image path and the claims.
+def configuration_of(folders: Iterable[Path]) -> identity.Configuration | None:
+    """The configuration of the runs in ``folders`` (one configuration's seeds), from the
+    first one's run.json; None when there is none."""
+    for folder in folders:
+        meta = runs.read_run(folder)
+        if meta is not None:
+            return identity.configuration(meta["figure"], meta["profile"], meta.get("params", {}))
+    return None
+
+
+state_configuration = runs.state_configuration  # the per-seed figure (Run.save_figure) and the aggregate state it alike
+
+
+def aggregate(figure: str, profile: str | None, root: str | os.PathLike | None = None, config=None) -> tuple[Path, pd.DataFrame]:
+    """Draw ``<figure>.png`` and write ``claims.csv`` over every completed seed of one
+    configuration of a figure (the profile's own, or the one ``config`` names:
+    :func:`nfstudy.runs.config_name`), into its folder, from the seeds' CSVs; returns the
+    image path and the claims. The figure of another configuration says, under its title,
+    what differs from the profile's parameters.
 
     A seed folder lacking a table (results copied without their large tables, say) does not
     stop it: each table is taken from the seeds that hold it, the plot draws what it can,
@@ -92,19 +120,22 @@ def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) 
 
     root = Path(root or runs.results_root())
     module = _figures().load(figure)
+    name = runs.config_name(figure, profile, config)
+    profile = identity.profile_of(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the loaders below name each skipped run
-        folders = runs.seed_dirs(figure, profile, root)
+        folders = runs.seed_dirs(figure, profile, root, config=name)
     for folder, names in runs.missing_tables(folders, exclude=()).items():
         print(
-            f"[nfstudy] {figure} ({profile}): {folder.name} lacks {', '.join(names)}: the figure is drawn from the seeds "
+            f"[nfstudy] {figure} ({name}): {folder.name} lacks {', '.join(names)}: the figure is drawn from the seeds "
             f"that hold {'them' if len(names) > 1 else 'it'}, the claims from each seed's claims.csv (re-run the seed to restore it)",
             file=sys.stderr,
         )
-    tables = runs.load_tables(figure, profile, root, missing="skip")
-    per_seed = runs.load_table(figure, "claims", profile, root, missing="skip")
-    folder = root / figure / profile
+    tables = runs.load_tables(figure, profile, root, missing="skip", config=name)
+    per_seed = runs.load_table(figure, "claims", profile, root, missing="skip", config=name)
+    folder = root / figure / name
     fig = module.plot(tables)
+    state_configuration(fig, configuration_of(folders))
     image = runs.atomic_save_figure(fig, folder / f"{figure}.png")
     plt.close(fig)
     claims = across_seeds(per_seed)
@@ -112,8 +143,9 @@ def aggregate(figure: str, profile: str, root: str | os.PathLike | None = None) 
     return image, claims
 
 
-def rederive_claims(figure: str, profile: str, root: str | os.PathLike | None = None) -> dict[Path, pd.DataFrame]:
-    """Recompute every completed seed's ``claims.csv`` from its stored tables with the
+def rederive_claims(figure: str, profile: str | None, root: str | os.PathLike | None = None, config=None) -> dict[Path, pd.DataFrame]:
+    """Recompute every completed seed's ``claims.csv`` of one configuration (as
+    :func:`aggregate`) from its stored tables with the
     figure's current ``claims`` (after a change to the claims code), record each changed
     file in its ``run.json`` (checksum, and a note of when and by which commit);
     :func:`aggregate` then redoes the cross-seed claims (``python -m nfstudy claims`` does
@@ -123,9 +155,10 @@ def rederive_claims(figure: str, profile: str, root: str | os.PathLike | None = 
     ``before``, ``after``, ``outcome_before``, ``outcome_after``)."""
     root = Path(root or runs.results_root())
     module = _figures().load(figure)
-    folders = runs.seed_dirs(figure, profile, root)
+    name = runs.config_name(figure, profile, config)
+    folders = runs.seed_dirs(figure, identity.profile_of(name), root, config=name)
     if not folders:
-        raise FileNotFoundError(f"no completed runs of {figure} ({profile}) under {root / figure / profile}: nothing to re-derive")
+        raise FileNotFoundError(f"no completed runs of {figure} ({name}) under {root / figure / name}: nothing to re-derive")
     derived = [(folder, claims_table(figure, module.claims(runs.read_tables(folder)))) for folder in folders]
     changes = {}
     for folder, claims in derived:
@@ -159,7 +192,7 @@ def _claim_changes(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
 def _aggregate(result: ProfileResult, root: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # broken runs are reported by the page itself
-        result.image, result.claims = aggregate(result.figure, result.profile, root)
+        result.image, result.claims = aggregate(result.figure, result.profile, root, config=result.config)
 
 
 def _fmt(x: float) -> str:
@@ -210,6 +243,8 @@ def _claims_markdown(claims: pd.DataFrame) -> list[str]:
 
 def _facts_markdown(result: ProfileResult) -> list[str]:
     metas = [runs.read_run(p) for p in result.completed]
+    config = result.configuration
+    differs = [] if config is None or config.default else [f"- **configuration** `{config.name}`: {config.describe(full=True)}"]
     seeds = ", ".join(str(m["seed"]) for m in metas)
     # A resumed run's earlier attempts (interrupted, then resumed from checkpoints) count too.
     durations = [(m.get("duration_s") or 0.0) + sum(a.get("duration_s") or 0.0 for a in m.get("earlier_attempts", [])) for m in metas]
@@ -218,7 +253,7 @@ def _facts_markdown(result: ProfileResult) -> list[str]:
     versions = metas[-1].get("versions", {})
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("python", "torch", "torchvision", "numpy", "pandas"))
     started = min(m.get("started") or "" for m in metas)
-    return [
+    return differs + [
         f"- **dataset** {', '.join(sorted({str(m.get('dataset')) for m in metas}))}; "
         f"**device** {', '.join(sorted({str(m.get('device')) for m in metas}))}",
         f"- **seeds** {seeds}; **duration** {sum(durations):.0f} s in all "
@@ -233,9 +268,12 @@ def _title(figure: str) -> str:
     return _figures().load(figure).TITLE if figure in _figures().FIGURES else figure
 
 
-def _profiles(root: Path, figure: str) -> list[str]:
+def _configurations(root: Path, figure: str) -> list[str]:
+    """The folders of a figure's configurations: each profile's own first, then its variants."""
     folder = root / figure
-    return _order([p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else [], PROFILE_ORDER)
+    names = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
+    profiles = _order({identity.profile_of(n) for n in names}, PROFILE_ORDER)
+    return sorted(names, key=lambda n: (profiles.index(identity.profile_of(n)), n != identity.profile_of(n), n))
 
 
 def _anchor(heading: str) -> str:
@@ -244,10 +282,14 @@ def _anchor(heading: str) -> str:
 
 
 def _section(result: ProfileResult, root: Path) -> list[str]:
-    lines = [f"### {result.figure} — `{result.profile}` profile", ""]
+    config = result.config or result.profile
+    variant = f", configuration `{config}`" if config != result.profile else ""
+    lines = [f"### {result.figure} — `{result.profile}` profile{variant}", ""]
+    if variant and result.configuration is not None:
+        lines += [f"Not the profile's own parameters: {result.configuration.describe()}.", ""]
     if result.error:
         return lines + [f"Could not be redrawn from its files: `{result.error}`", ""]
-    lines += [f"![{result.figure} ({result.profile})]({result.image.relative_to(root).as_posix()})", ""]
+    lines += [f"![{result.figure} ({config})]({result.image.relative_to(root).as_posix()})", ""]
     lines += _claims_markdown(result.claims) + [""]
     lines += _facts_markdown(result) + [""]
     if result.broken:
@@ -264,7 +306,7 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
     present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     overview, sections, missing, broken = [], [], [], []
     for figure in _order(known | present, order):
-        results = [_scan(root, figure, profile) for profile in _profiles(root, figure)]
+        results = [_scan(root, figure, config) for config in _configurations(root, figure)]
         broken += [item for r in results for item in r.broken]
         done = [r for r in results if r.completed]
         if not done:
@@ -278,20 +320,21 @@ def build_report(root: str | os.PathLike | None = None, figures_known: Iterable[
                 _aggregate(result, root)
             except Exception as error:  # a figure that cannot be redrawn is reported, not fatal
                 result.error = f"{type(error).__name__}: {error}"
-                warnings.warn(f"{figure} ({result.profile}): could not redraw from its files: {result.error}", stacklevel=2)
+                warnings.warn(f"{figure} ({result.config}): could not redraw from its files: {result.error}", stacklevel=2)
             else:
                 passed = "{}/{}".format(*score(result.claims))
-                overview.append(f"| [{figure}](#{_anchor(heading)}) | {result.profile} | {len(result.completed)} | {passed} |")
+                overview.append(f"| [{figure}](#{_anchor(heading)}) | {result.config} | {len(result.completed)} | {passed} |")
             sections += _section(result, root)
     lines = [
         "# nfstudy results",
         "",
         "Built by `make report` from the files under this folder alone: every figure and claims table below",
-        "is redrawn from the seeds' CSVs. Profiles: `paper` (the paper's model and data), `quick` (small, offline).",
+        "is redrawn from the seeds' CSVs. Profiles: `paper` (the paper's model and data), `quick` (small, offline);",
+        "a run with other parameters is its own configuration, `<profile>+<what differs>-<hash>`, never mixed with the profile's.",
         "",
     ]
     if overview:
-        lines += ["| figure | profile | seeds | paper claims passed / evaluable |", "|---|---|---|---|", *overview, ""]
+        lines += ["| figure | configuration | seeds | paper claims passed / evaluable |", "|---|---|---|---|", *overview, ""]
     lines += sections
     if missing:
         lines += ["## Not yet run", ""]

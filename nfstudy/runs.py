@@ -2,9 +2,18 @@
 
 Layout (a contract, see README.md)::
 
-    results/<figure>/<profile>/seed=<S>/
+    results/<figure>/<config>/seed=<S>/
         <figure>.ipynb   run.json   *.csv (tidy)   claims.csv   <figure>.png
-    results/<figure>/<profile>/<figure>.png   results/<figure>/<profile>/claims.csv
+    results/<figure>/<config>/<figure>.png   results/<figure>/<config>/claims.csv
+
+``<config>`` names the run's configuration (:mod:`nfstudy.identity`): the profile
+(``quick``) for the profile's own parameters, ``<profile>+<what differs>-<hash>``
+(``quick+layer=44-1911ee``) for any other. The loaders read a folder's figure, profile,
+configuration and seed from its ``run.json`` and never count one whose place says
+otherwise (a copy ``seed=0.bak``, ``seed=1`` holding seed 0's run, a quick run under
+``paper/``, a run of another configuration): it is skipped with a warning naming it and
+where it belongs (:func:`identity_problem`). They read one configuration at a time, the
+profile's own unless asked for another (:func:`configurations` lists those present).
 
 A table whose CSV is larger than :data:`COMPRESS_ABOVE` is stored gzip-compressed as
 ``<name>.csv.gz`` (deterministic: no time stamp, no file name in the header), so that
@@ -44,6 +53,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -57,6 +67,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import identity
 from .runtime import resolve_device
 
 try:
@@ -74,6 +85,10 @@ __all__ = [
     "atomic_write",
     "atomic_write_csv",
     "atomic_write_json",
+    "config_folder",
+    "config_name",
+    "configurations",
+    "identity_problem",
     "load_table",
     "load_tables",
     "mark_run",
@@ -88,6 +103,7 @@ __all__ = [
     "results_root",
     "run_dir",
     "seed_dirs",
+    "state_configuration",
     "table_files",
     "verify_tables",
 ]
@@ -117,8 +133,49 @@ def results_root() -> Path:
     return (project_root() or Path.cwd()) / "results"
 
 
-def run_dir(figure: str, profile: str, seed: int, root: str | os.PathLike | None = None) -> Path:
-    return Path(root or results_root()) / figure / profile / f"seed={seed}"
+def run_dir(figure: str, profile: str, seed: int, root: str | os.PathLike | None = None, config: str | None = None) -> Path:
+    """The folder of one seed: ``<root>/<figure>/<config>/seed=<S>``, ``config`` the name of
+    the run's configuration (:mod:`nfstudy.identity`; the profile's own by default)."""
+    return Path(root or results_root()) / figure / (config or profile) / f"seed={seed}"
+
+
+def config_name(figure: str, profile: str | None = None, config: Any = None) -> str:
+    """The folder name of a configuration: ``config`` None (the profile's own), a name
+    (``"quick+layer=44-1911ee"``, as :func:`configurations` lists them), a
+    :class:`~nfstudy.identity.Configuration`, or overrides of the profile's parameters
+    (``{"layer": 44}``). ``profile`` defaults to a name's own, else ``paper``."""
+    if config is None:
+        return profile or "paper"
+    if isinstance(config, identity.Configuration):
+        name = config.name
+    elif isinstance(config, str):
+        name = config
+    elif isinstance(config, Mapping):
+        name = identity.configuration_for(figure, profile or "paper", config).name
+    else:
+        raise TypeError(f"config must be a configuration's name or a dict of parameters, got {config!r}")
+    own = identity.profile_of(name)
+    if profile is not None and own != profile:
+        raise ValueError(f"configuration {name} is one of the {own} profile, not {profile}: give profile={own!r}")
+    return name
+
+
+def config_folder(figure: str, profile: str | None = None, config: Any = None, root: str | os.PathLike | None = None) -> Path:
+    """The folder of a configuration's seeds (see :func:`config_name` for ``config``)."""
+    return Path(root or results_root()) / figure / config_name(figure, profile, config)
+
+
+def configurations(figure: str, profile: str | None = None, root: str | os.PathLike | None = None) -> list[str]:
+    """The configurations of ``figure`` with a seed folder under ``root`` (of ``profile``
+    only, if given): each profile's own first (paper, quick, others), then its variants."""
+    base = Path(root or results_root()) / figure
+    names = [
+        p.name for p in (base.iterdir() if base.is_dir() else []) if p.is_dir() and not p.name.startswith(".") and any(p.glob("seed=*"))
+    ]
+    if profile is not None:
+        names = [n for n in names if identity.profile_of(n) == profile]
+    order = {"paper": 0, "quick": 1}
+    return sorted(names, key=lambda n: (order.get(identity.profile_of(n), 2), identity.profile_of(n), n != identity.profile_of(n), n))
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -160,6 +217,20 @@ def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
 
 
 # --------------------------------------------------------------------------- run metadata
+
+
+def state_configuration(fig, config: identity.Configuration | None) -> None:
+    """Add to ``fig``'s title the line that says what differs from the profile's own
+    parameters (model, depth, data set, any other), for a configuration that is not it;
+    the profile's own keeps its title as it is."""
+    if config is None or config.default:
+        return
+    line = f"configuration {config.name}: {config.describe()}"
+    title = fig.get_suptitle()
+    if line in title:  # stated already (a figure saved twice)
+        return
+    size = fig._suptitle.get_fontsize() if getattr(fig, "_suptitle", None) is not None else 10
+    fig.suptitle(f"{title}\n{line}" if title else line, fontsize=size)
 
 
 def _now() -> str:
@@ -504,7 +575,25 @@ def _sha256(data: bytes) -> str:
 def _rerun_hint(meta: Mapping[str, Any] | None) -> str:
     if not meta or not meta.get("figure"):
         return "re-run this seed"
-    return f"re-run the seed (python -m nfstudy run {meta['figure']} --profile {meta.get('profile')} --seed {meta.get('seed')})"
+    options = f"--profile {meta.get('profile')} --seed {meta.get('seed')}{_config_options(meta)}"
+    return f"re-run the seed (python -m nfstudy run {meta['figure']} {options})"
+
+
+def _config_options(meta: Mapping[str, Any]) -> str:
+    """The ``-p NAME VALUE`` options that give a recorded run's configuration again."""
+    params = meta.get("params")
+    if not isinstance(params, dict) or not isinstance(meta.get("profile"), str):
+        return ""
+    options = []
+    for name, (value, _) in identity.configuration(meta["figure"], meta["profile"], params).differs.items():
+        if isinstance(value, list) and all(isinstance(v, str) and "," not in v for v in value):
+            text = ",".join(value)
+        elif isinstance(value, (list, dict)):
+            text = json.dumps(value)
+        else:
+            text = value if isinstance(value, str) else repr(value)
+        options.append(f" -p {name} {shlex.quote(text)}")
+    return "".join(options)
 
 
 _NEWLINE = b"\n"
@@ -654,13 +743,16 @@ def _store_table(folder: Path, meta: dict[str, Any], name: str, df: pd.DataFrame
 
 
 class Run:
-    """One (figure, profile, seed) run: its folder, ``run.json`` and atomic writers.
+    """One (figure, configuration, seed) run: its folder, ``run.json`` and atomic writers.
 
-    ``Run.start(...)`` takes the seed's lock, writes ``run.json`` with ``status: running``
+    ``Run.start(...)`` works out the configuration of ``params`` (:mod:`nfstudy.identity`),
+    takes the lock of the seed's folder in that configuration's folder, writes ``run.json``
+    (``params`` and ``config`` among the rest) with ``status: running``
     in the seed's attempt folder (:attr:`dir`); :meth:`finish` marks it ``completed`` and
     swaps it in as the seed's folder (then :attr:`dir` is that folder). Given an attempt
     folder (``folder=".../seed=0.attempt"``, as ``python -m nfstudy run`` does), the caller
-    holds the lock and swaps it in. As a context manager, an exception marks the run
+    holds the lock and swaps it in; a folder of the results layout must be the one of these
+    parameters' configuration and seed (else a ValueError naming the right one). As a context manager, an exception marks the run
     ``failed`` (or ``interrupted`` on Ctrl-C) and propagates.
     """
 
@@ -683,12 +775,15 @@ class Run:
         root: str | os.PathLike | None = None,
         folder: str | os.PathLike | None = None,
     ) -> Run:
-        target = Path(folder) if folder else run_dir(figure, profile, seed, root)
+        config = identity.configuration(figure, profile, params)
+        target = Path(folder) if folder else run_dir(figure, profile, seed, root, config=config.name)
+        if folder:
+            _check_place(target, config, seed)
         if is_attempt(target):  # the caller holds the lock and publishes
             final, lock, attempt = None, None, target
             attempt.mkdir(parents=True, exist_ok=True)
         else:
-            final, lock = target, acquire_lock(target, what=f"{figure} seed {seed} ({profile})")
+            final, lock = target, acquire_lock(target, what=f"{figure} seed {seed} ({config.name})")
             try:
                 attempt = prepare_attempt(target)
             except BaseException:
@@ -704,6 +799,7 @@ class Run:
             "dataset": dataset,
             "device": _device_name(None if device is None else resolve_device(device)),
             "params": dict(params or {}),
+            "config": config.record(),  # name, hash, what differs from the profile (nfstudy.identity)
             "started": _now(),
             "started_unix": now.timestamp(),
             "finished": None,
@@ -758,6 +854,10 @@ class Run:
         return self.save_table("claims", claims)
 
     def save_figure(self, fig, name: str | None = None) -> Path:
+        """Write ``<name>.png``; a run of a configuration other than its profile's own says
+        under the figure's title what differs (:func:`state_configuration`)."""
+        config = identity.configuration(self.meta["figure"], self.meta["profile"], self.meta.get("params"))
+        state_configuration(fig, config)
         return atomic_save_figure(fig, self.dir / f"{name or self.figure}.png")
 
     def finish(self, status: str = "completed", error: str | None = None) -> None:
@@ -806,19 +906,92 @@ def _seed_key(p: Path):
         return (1, p.name)
 
 
-def seed_dirs(figure: str, profile: str, root: str | os.PathLike | None = None, completed_only: bool = True) -> list[Path]:
-    """Seed folders of a figure and profile, in seed order. With ``completed_only``,
-    folders whose run did not complete are skipped with a warning naming them, and every
+def _check_place(target: Path, config: identity.Configuration, seed: Any) -> None:
+    """A run given its folder: one in the results layout (``<figure>/<config>/seed=<S>``,
+    or its attempt) must be its own configuration's and seed's, so that a notebook run by
+    hand with other values cannot write into another configuration's folder."""
+    final = _final_of(target) if is_attempt(target) else target
+    if final.parent.parent.name != config.figure or not final.name.startswith("seed="):
+        return  # a folder of the caller's own, outside the layout: nothing to agree with
+    if (final.parent.name, final.name) != (config.name, f"seed={seed}"):
+        home = final.parent.parent / config.name / f"seed={seed}"
+        what = (
+            f"configuration {config.name} ({config.describe()})"
+            if not config.default
+            else f"the {config.profile} profile's own configuration"
+        )
+        raise ValueError(
+            f"{target} is the folder of {final.parent.name}/{final.name}, but these parameters are {what}, seed {seed}: "
+            f"leave results_dir at None (the folder follows from the parameters) or give {home}"
+        )
+
+
+def identity_problem(folder: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
+    """Why the completed run in ``folder`` is not the run its place names, with the fix;
+    None when its ``run.json`` (``meta``) agrees with it: the figure, the configuration (of
+    the recorded profile and parameters, :func:`nfstudy.identity.configuration`) and the
+    seed, ``<figure>/<config>/seed=<S>``. A copy beside the seed it copies, a seed folder
+    renamed, a run filed under another profile, figure or configuration: each is named,
+    with the folder it belongs in (or, when that one exists, as its duplicate)."""
+    folder = Path(folder)
+    seed, figure, profile = meta.get("seed"), meta.get("figure"), meta.get("profile")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        return f"its run.json records seed {seed!r}, not an integer >= 0, so no seed of any configuration: delete it"
+    if not isinstance(figure, str) or not isinstance(profile, str) or not figure or not profile:
+        return f"its run.json names no figure and profile ({figure!r}, {profile!r}): delete it or {_rerun_hint(None)}"
+    params = meta.get("params", {})
+    if not isinstance(params, dict) or ("params" not in meta and identity.figure_spec(figure) is not None):
+        return f"its run.json records no parameters, so its configuration cannot be told: delete it or {_rerun_hint(meta)}"
+    config = identity.configuration(figure, profile, params)
+    place = (folder.parent.parent.name, folder.parent.name, folder.name)
+    if place == (figure, config.name, f"seed={seed}"):
+        return None
+    if place[0] != figure:
+        why = f"it holds a run of {figure}, not of {place[0]}"
+    elif identity.profile_of(place[1]) != profile:
+        why = f"it holds a {profile} run, filed under {identity.profile_of(place[1])}"
+    elif place[1] != config.name:
+        what = f"the {profile} profile's own configuration" if config.default else f"configuration {config.name} ({config.describe()})"
+        why = f"it holds {what}, not {place[1]}"
+    else:
+        why = f"it is named {folder.name!r} but holds seed {seed}'s run"
+    home = folder.parent.parent.parent / figure / config.name / f"seed={seed}"
+    if home.exists():
+        return f"{why}: a duplicate of {home}, never counted; delete it"
+    return f"{why}; not counted: move it to {home}"
+
+
+def seed_dirs(
+    figure: str, profile: str, root: str | os.PathLike | None = None, completed_only: bool = True, *, config: Any = None
+) -> list[Path]:
+    """Seed folders of one configuration of a figure (the profile's own unless ``config``
+    names another, see :func:`config_name`), in seed order. With ``completed_only``,
+    folders whose run did not complete or is not the run its place names
+    (:func:`identity_problem`) are skipped with a warning naming them and the fix, and every
     unfinished attempt (``seed=<S>.attempt``) is named in a warning too."""
-    base = Path(root or results_root()) / figure / profile
+    base = Path(root or results_root()) / figure / config_name(figure, profile, config)
     folders = [p for p in base.glob("seed=*") if p.is_dir() and not is_attempt(p)]
-    kept = []
+    kept, first = [], None
     for folder in sorted(folders, key=_seed_key):
         meta, problem = _read_json_object(folder / "run.json")
         status = meta.get("status") if meta else problem
         if completed_only and status != "completed":
             warnings.warn(f"skipping {folder}: run status is {status!r}, not 'completed'", stacklevel=2)
             continue
+        why = identity_problem(folder, meta) if completed_only else None
+        if why:
+            warnings.warn(f"skipping {folder}: {why}", stacklevel=2)
+            continue
+        if completed_only:  # one name, one configuration: the whole hash, not only its first digits
+            digest = identity.configuration(meta["figure"], meta["profile"], meta.get("params", {})).hash
+            first = first or (folder, digest)
+            if digest != first[1]:
+                warnings.warn(
+                    f"skipping {folder}: its parameters are not those of {first[0].name}, although both configurations are named "
+                    f"{base.name} (their short hashes coincide); not counted: move it into a folder of its own",
+                    stacklevel=2,
+                )
+                continue
         kept.append(folder)
     if completed_only:
         for attempt in sorted((p for p in base.glob("seed=*") if p.is_dir() and is_attempt(p)), key=_seed_key):
@@ -829,9 +1002,13 @@ def seed_dirs(figure: str, profile: str, root: str | os.PathLike | None = None, 
     return kept
 
 
-def _no_runs(figure: str, profile: str, root: str | os.PathLike | None) -> FileNotFoundError:
-    where = Path(root or results_root()) / figure / profile
-    return FileNotFoundError(f"no completed runs of {figure} ({profile}) under {where}: run `make {figure} PROFILE={profile}` first")
+def _no_runs(figure: str, profile: str, root: str | os.PathLike | None, config: Any = None) -> FileNotFoundError:
+    name = config_name(figure, profile, config)
+    where = Path(root or results_root()) / figure / name
+    present = configurations(figure, root=root)
+    others = f" (configurations present: {', '.join(present)}: load one with config=NAME)" if present else ""
+    run = f"run `make {figure} PROFILE={profile}` first" if name == profile else "run it first"
+    return FileNotFoundError(f"no completed runs of {figure} ({name}) under {where}: {run}{others}")
 
 
 def _read_verified(folder: Path, name: str, path: Path) -> pd.DataFrame:
@@ -882,24 +1059,31 @@ def missing_tables(folders: Iterable[str | os.PathLike], exclude: Iterable[str] 
 def load_table(
     figure: str,
     table: str,
-    profile: str = "paper",
+    profile: str | None = None,
     root: str | os.PathLike | None = None,
     seeds: Iterable[int] | None = None,
     *,
     missing: str = "raise",
+    config: Any = None,
 ) -> pd.DataFrame:
-    """One table of a figure over every completed seed, as a single DataFrame; every
-    seed's file (``<table>.csv`` or ``<table>.csv.gz``) is checked against its ``run.json``
-    (:func:`verify_tables`). A seed without the table raises FileNotFoundError naming it,
-    or with ``missing="skip"`` is left out (:func:`missing_tables` says which).
+    """One table of a figure over every completed seed of one configuration, as a single
+    DataFrame: the profile's own configuration (``profile`` defaults to ``paper``), or the
+    one ``config`` names (``"quick+layer=44-1911ee"``, as :func:`configurations` lists them,
+    or the overrides ``{"layer": 44}``); runs of different configurations are never mixed.
+    Every seed's file (``<table>.csv`` or ``<table>.csv.gz``) is checked against its
+    ``run.json`` (:func:`verify_tables`). A seed without the table raises FileNotFoundError
+    naming it, or with ``missing="skip"`` is left out (:func:`missing_tables` says which).
 
     >>> df = load_table("fig2", "gradient_summary", profile="quick")   # doctest: +SKIP
+    >>> df = load_table("fig2", "gradient_summary", profile="quick", config={"layer": 44})   # doctest: +SKIP
     """
     if missing not in ("raise", "skip"):
         raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
+    name = config_name(figure, profile, config)
+    profile = identity.profile_of(name)
     wanted = None if seeds is None else {int(s) for s in seeds}
     frames, folders = [], []
-    for folder in seed_dirs(figure, profile, root):
+    for folder in seed_dirs(figure, profile, root, config=name):
         if wanted is not None and _seed_key(folder)[1] not in wanted:
             continue
         folders.append(folder)
@@ -912,31 +1096,35 @@ def load_table(
     if not frames:
         if folders:  # with missing="skip": no seed holds it
             raise FileNotFoundError(
-                f"no completed run of {figure} ({profile}) holds the table {table!r}; "
+                f"no completed run of {figure} ({name}) holds the table {table!r}; "
                 f"tables they hold: {', '.join(sorted(set().union(*(table_files(f) for f in folders))))}"
             )
-        raise _no_runs(figure, profile, root)
+        raise _no_runs(figure, profile, root, name)
     return pd.concat(frames, ignore_index=True)
 
 
 def load_tables(
     figure: str,
-    profile: str = "paper",
+    profile: str | None = None,
     root: str | os.PathLike | None = None,
     exclude: Iterable[str] = ("claims",),
     *,
     missing: str = "raise",
+    config: Any = None,
 ) -> dict[str, pd.DataFrame]:
-    """Every table of a figure over all completed seeds: ``{table name: DataFrame}``. With
-    ``missing="skip"`` a table is taken from the seeds that hold it (and left out when none
-    does); otherwise a seed lacking a table another holds raises FileNotFoundError."""
+    """Every table of a figure over all completed seeds of one configuration (as
+    :func:`load_table`): ``{table name: DataFrame}``. With ``missing="skip"`` a table is
+    taken from the seeds that hold it (and left out when none does); otherwise a seed
+    lacking a table another holds raises FileNotFoundError."""
+    name = config_name(figure, profile, config)
+    profile = identity.profile_of(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # load_table names each skipped run once
-        folders = seed_dirs(figure, profile, root)
+        folders = seed_dirs(figure, profile, root, config=name)
     if not folders:
-        raise _no_runs(figure, profile, root)
+        raise _no_runs(figure, profile, root, name)
     names = sorted(set().union(*(table_files(f) for f in folders)) - set(exclude))
-    return {name: load_table(figure, name, profile, root, missing=missing) for name in names}
+    return {table: load_table(figure, table, profile, root, missing=missing, config=name) for table in names}
 
 
 def rewrite_table(folder: str | os.PathLike, name: str, df: pd.DataFrame, why: str) -> Path:

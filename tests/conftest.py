@@ -46,3 +46,18 @@ def digits():
     from nfstudy.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture
+def config_dir(results_root):
+    """The folder of the configuration that ``python -m nfstudy ARGV`` (``run``, ``aggregate``)
+    writes to: the profile's own, or ``<profile>+<what differs>-<hash>`` for a run with other
+    parameters (nfstudy.identity), under ``--results`` or the test's results root."""
+
+    def folder(argv):
+        from nfstudy import cli, runs
+
+        args = cli._parser().parse_args(cli._p_as_param(list(argv)))
+        return runs.config_folder(args.figure, args.profile, cli._overrides(args) or None, args.results or results_root)
+
+    return folder

@@ -337,7 +337,7 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
+def test_papermill_run_writes_the_contract_files_and_resumes(results_root, config_dir):
     args = [
         "run",
         "agc",
@@ -359,7 +359,7 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root):
         "warmup_epochs=0",
     ]
     assert main(args) == 0
-    base = results_root / "agc" / "quick"
+    base = config_dir(args)  # a configuration of its own: results/agc/quick+depth=8+...-<hash>/
     folder = base / "seed=0"
     assert {p.name for p in folder.iterdir()} == {
         "agc.ipynb",

@@ -166,15 +166,16 @@ TINY = {"depth": 8, "batch_size": 8, "init": "kaiming_fan_out"}
 
 
 @pytest.mark.slow
-def test_fig2_end_to_end_and_fig5_fig6_tables_on_an_image_folder(results_root, tmp_path):
+def test_fig2_end_to_end_and_fig5_fig6_tables_on_an_image_folder(results_root, config_dir, tmp_path):
     from nfstudy_experiments import fig5, fig6, params_for
 
     folder = tmp_path / "images"
     write_image_folder(folder, size=(16, 16), n_train=6, n_test=3)  # 18 images: two batches of 8, one a network
     dataset = f"imagefolder:{folder}"
     args = ["run", "fig2", "--profile", "quick", "--seed", "0", "--device", "cpu", "--dataset", dataset]
-    assert main([*args, "-p", "depth", "8", "-p", "layer", "5", "-p", "batch_size", "8"]) == 0
-    run = results_root / "fig2" / "quick" / "seed=0"
+    args += ["-p", "depth", "8", "-p", "layer", "5", "-p", "batch_size", "8"]
+    assert main(args) == 0
+    run = config_dir(args) / "seed=0"  # results/fig2/quick+dataset=images~depth=8+...-<hash>/
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "completed" and meta["params"]["dataset"] == dataset
     import pandas as pd

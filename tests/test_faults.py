@@ -30,7 +30,9 @@ from nfstudy.cli import main
 from nfstudy.params import to_dict
 from nfstudy_experiments import fig7
 
-FIG7 = ["-p", "size", "40", "-p", "samples", "2"]
+# fig7's quick profile as it is (about a second): a run with other parameters is another
+# configuration, in a folder of its own (results/fig7/quick+size=40+samples=2-.../).
+FIG7: list[str] = []
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +41,7 @@ def fig7_run(root, seed=0, fail: BaseException | None = None, checkpoint: bytes 
     raised after the tables were written, before the claims."""
     from nfstudy_experiments import params_for
 
-    params = params_for("fig7", "quick", size=40, samples=2)
+    params = params_for("fig7", "quick")
     with runs.Run.start("fig7", "quick", seed, to_dict(params), device="cpu", root=root) as run:
         tables = run.save_tables(fig7.run(params, seed=seed, device="cpu"))
         if checkpoint is not None:  # a training figure's checkpoint, for the resume tests
@@ -278,8 +280,8 @@ def test_a_list_value_starting_with_a_dash_is_a_value(monkeypatch, capsys):
 def test_a_figure_without_data_ignores_dataset_and_says_so(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(cli, "run_figure", lambda figure, profile, seed, device, overrides, root: seen.update(overrides))
-    assert main(["run", "fig7", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic", *FIG7]) == 0
-    assert seen == {"size": 40, "samples": 2}
+    assert main(["run", "fig7", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic", "-p", "size", "40"]) == 0
+    assert seen == {"size": 40}
     assert "fig7 takes no data: --dataset synthetic is ignored" in capsys.readouterr().err
     assert main(["run", "fig2", "--profile", "quick", "--no-aggregate", "--dataset", "synthetic"]) == 0
     assert seen["dataset"] == "synthetic"
@@ -354,7 +356,10 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from nfstudy import runs
-    run = runs.Run.start("fig7", "quick", 0, {}, root=sys.argv[1])
+    from nfstudy.cli import load_figure
+    from nfstudy.params import to_dict
+    params = to_dict(load_figure("fig7").PROFILES["quick"])  # the quick profile's own configuration: quick/seed=0
+    run = runs.Run.start("fig7", "quick", 0, params, root=sys.argv[1])
     print("holding", flush=True)
     time.sleep(300)
     """
@@ -471,7 +476,11 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
-    attempt = results_root / "fig1" / "quick" / "seed=0.attempt"
+    # A tiny fig1 (depth 8, 6 epochs, two series): not the quick profile's own, so its configuration's folder.
+    overrides = {"depth": 8, "epochs": 6, "extend_until_plateau": False, "series": ("bn@0.1", "none@0.001")}
+    config = runs.config_folder("fig1", "quick", overrides, results_root)
+    assert config.name != "quick"
+    attempt = config / "seed=0.attempt"
     started = time.time()
     proc = _start_fig1(results_root)
     _wait_for_training(attempt, proc, started)
@@ -480,7 +489,7 @@ def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
     assert proc.returncode == 130
     assert "Traceback" not in err and "ZMQError" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last == f"[nfstudy] fig1 seed 0 (quick) interrupted: the attempt is kept in {attempt} (run the same command to resume)"
+    assert last == f"[nfstudy] fig1 seed 0 ({config.name}) interrupted: the attempt is kept in {attempt} (run the same command to resume)"
     assert runs.read_run(attempt)["status"] == "interrupted"
 
     started = time.time()
@@ -493,12 +502,12 @@ def test_ctrl_c_and_sigkill_mid_training_then_a_resume(results_root):
     while not _gone(kernel) and time.time() < deadline:
         time.sleep(0.2)
     assert runs.read_run(attempt)["status"] == "running" and runs.attempt_status(attempt) == "killed"
-    assert not (results_root / "fig1" / "quick" / "seed=0").exists()
+    assert not (config / "seed=0").exists()
 
     proc = _start_fig1(results_root)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "cleared the stale lock" in err
-    meta = runs.read_run(results_root / "fig1" / "quick" / "seed=0")
+    meta = runs.read_run(config / "seed=0")
     assert meta["status"] == "completed" and [a["status"] for a in meta["earlier_attempts"]] == ["interrupted", "killed"]
-    assert not attempt.exists()
+    assert not attempt.exists() and not (results_root / "fig1" / "quick").exists()

@@ -397,7 +397,7 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monkeypatch):
+def test_papermill_run_writes_the_contract_files_and_resumes(results_root, config_dir, monkeypatch):
     args = [
         "run",
         "fig1",
@@ -417,7 +417,7 @@ def test_papermill_run_writes_the_contract_files_and_resumes(results_root, monke
         "series=bn@0.1,bn@0.001,none@0.001,none@50",
     ]
     assert main(args) == 0
-    base = results_root / "fig1" / "quick"
+    base = config_dir(args)  # a configuration of its own: results/fig1/quick+depth=8+...-<hash>/
     folder = base / "seed=0"
     names = {p.name for p in folder.iterdir()}
     assert names == {"fig1.ipynb", "run.json", "history.csv", "outcomes.csv", "claims.csv", "fig1.png", "checkpoints"}

@@ -117,9 +117,9 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file_and_is_reproducible(results_root):
+def test_papermill_run_writes_every_contract_file_and_is_reproducible(results_root, config_dir):
     assert main(["run", "fig2", "--profile", "quick", "--seeds", "0", "1", "--device", "cpu", *TINY]) == 0
-    base = results_root / "fig2" / "quick"
+    base = config_dir(["run", "fig2", "--profile", "quick", *TINY])  # results/fig2/quick+depth=44+...-<hash>/
     for seed in (0, 1):
         folder = base / f"seed={seed}"
         names = {p.name for p in folder.iterdir()}

@@ -210,9 +210,9 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     assert main(["run", "fig3", "--profile", "quick", "--seed", "0", "--device", "cpu", *TINY]) == 0
-    folder = results_root / "fig3" / "quick" / "seed=0"
+    folder = config_dir(["run", "fig3", "--profile", "quick", *TINY]) / "seed=0"
     assert {p.name for p in folder.iterdir()} == {"fig3.ipynb", "run.json", "relative_loss.csv", "claims.csv", "fig3.png"}
     meta = json.loads((folder / "run.json").read_text())
     assert meta["status"] == "completed" and meta["params"]["batches"] == [0, 2]
@@ -225,7 +225,7 @@ def test_papermill_run_writes_every_contract_file(results_root):
     # claims.csv is what the figure module computes from the saved table.
     recomputed = [c.value for c in fig3.claims({"relative_loss": table})]
     np.testing.assert_allclose(claims["value"], recomputed)
-    assert (results_root / "fig3" / "quick" / "fig3.png").stat().st_size > 10_000
+    assert (folder.parent / "fig3.png").stat().st_size > 10_000
 
 
 def test_probes_of_a_network_that_already_diverged_are_left_out_and_counted():

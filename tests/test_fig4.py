@@ -250,9 +250,9 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     assert main(["run", "fig4", "--profile", "quick", "--seed", "0", "--device", "cpu", *TINY]) == 0
-    folder = results_root / "fig4" / "quick" / "seed=0"
+    folder = config_dir(["run", "fig4", "--profile", "quick", *TINY]) / "seed=0"
     names = {p.name for p in folder.iterdir()}
     tables = ("channel_moments", "update_loss", "lr_protocol", "lr_search")
     assert names == {"fig4.ipynb", "run.json", "claims.csv", "fig4.png", *(f"{name}.csv" for name in tables)}
@@ -265,4 +265,4 @@ def test_papermill_run_writes_every_contract_file(results_root):
     assert (tables["update_loss"]["lr"] == protocol["lr"]).all()
     claims = pd.read_csv(folder / "claims.csv")
     np.testing.assert_allclose(claims["value"], [c.value for c in fig4.claims(tables)])
-    assert (results_root / "fig4" / "quick" / "fig4.png").stat().st_size > 10_000
+    assert (folder.parent / "fig4.png").stat().st_size > 10_000

@@ -125,13 +125,13 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     tiny = {**TINY, "layers": "6,18,30,42"}  # from layer 6 on, as in the paper
     args = [x for k, v in tiny.items() for x in ("-p", k, str(v))]
     assert main(["run", "fig5", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
-    folder = results_root / "fig5" / "quick" / "seed=0"
+    folder = config_dir(["run", "fig5", "--profile", "quick", *args]) / "seed=0"
     assert {p.name for p in folder.iterdir()} == {"fig5.ipynb", "run.json", "activation_stats.csv", "claims.csv", "fig5.png"}
     assert json.loads((folder / "run.json").read_text())["params"]["layers"] == [6, 18, 30, 42]
     claims = pd.read_csv(folder / "claims.csv")
     assert len(claims) == 9 and claims["outcome"].isin(["passed", "failed"]).all()
-    assert (results_root / "fig5" / "quick" / "fig5.png").stat().st_size > 10_000
+    assert (folder.parent / "fig5.png").stat().st_size > 10_000

@@ -147,10 +147,10 @@ def test_epoch_average_per_true_class_covers_the_epoch():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     args = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
     assert main(["run", "fig6", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
-    folder = results_root / "fig6" / "quick" / "seed=0"
+    folder = config_dir(["run", "fig6", "--profile", "quick", *args]) / "seed=0"
     assert {p.name for p in folder.iterdir()} == {
         "fig6.ipynb",
         "run.json",
@@ -161,7 +161,7 @@ def test_papermill_run_writes_every_contract_file(results_root):
     }
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
     assert len(pd.read_csv(folder / "claims.csv")) == 4
-    assert (results_root / "fig6" / "quick" / "fig6.png").stat().st_size > 10_000
+    assert (folder.parent / "fig6.png").stat().st_size > 10_000
 
 
 def test_the_headline_heatmap_shows_the_median_network_on_the_papers_scale():

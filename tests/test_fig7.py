@@ -92,9 +92,9 @@ def test_bad_parameters_name_the_fix():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     assert main(["run", "fig7", "--profile", "quick", "--seed", "0", "--device", "cpu", "-p", "size", "200", "-p", "samples", "2"]) == 0
-    folder = results_root / "fig7" / "quick" / "seed=0"
+    folder = config_dir(["run", "fig7", "--profile", "quick", "-p", "size", "200", "-p", "samples", "2"]) / "seed=0"
     names = {p.name for p in folder.iterdir()}
     assert names == {"fig7.ipynb", "run.json", "singular_values.csv", "singular_value_summary.csv", "claims.csv", "fig7.png"}
     claims = pd.read_csv(folder / "claims.csv")

@@ -13,12 +13,20 @@ import pytest
 from nfstudy import runs
 from nfstudy.claims import claims_table
 from nfstudy.cli import main
+from nfstudy.params import to_dict
 from nfstudy_experiments import fig2, params_for
 
 
+@pytest.fixture(autouse=True)
+def tiny_quick(monkeypatch):
+    """fig2's quick profile made tiny for these tests, so that their runs are its own
+    configuration (results/fig2/quick/): a run records the parameters it ran with."""
+    monkeypatch.setitem(fig2.PROFILES, "quick", params_for("fig2", "quick", depth=20, layer=10, batch_size=16))
+
+
 def _fig2_run(root, seed):
-    params = params_for("fig2", "quick", depth=20, layer=10, batch_size=16)
-    run = runs.Run.start("fig2", "quick", seed, {}, dataset=params.dataset, device="cpu", root=root)
+    params = fig2.PROFILES["quick"]
+    run = runs.Run.start("fig2", "quick", seed, to_dict(params), dataset=params.dataset, device="cpu", root=root)
     tables = run.save_tables(fig2.run(params, seed=seed, device="cpu"))
     run.save_claims(claims_table("fig2", fig2.claims(tables)))
     run.finish()

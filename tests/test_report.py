@@ -6,15 +6,23 @@ import pytest
 
 from nfstudy import runs
 from nfstudy.claims import claims_table
+from nfstudy.params import to_dict
 from nfstudy.report import build_report
 from nfstudy_experiments import FIGURES, fig2, load
 
 
-def _fig2_run(root, seed):
+@pytest.fixture(autouse=True)
+def tiny_quick(monkeypatch):
+    """fig2's quick profile made tiny for these tests, so that their runs are its own
+    configuration (results/fig2/quick/): a run records the parameters it ran with."""
     from nfstudy_experiments import params_for
 
-    params = params_for("fig2", "quick", depth=44, layer=22, batch_size=16)
-    run = runs.Run.start("fig2", "quick", seed, {}, dataset=params.dataset, device="cpu", root=root)
+    monkeypatch.setitem(fig2.PROFILES, "quick", params_for("fig2", "quick", depth=44, layer=22, batch_size=16))
+
+
+def _fig2_run(root, seed):
+    params = fig2.PROFILES["quick"]
+    run = runs.Run.start("fig2", "quick", seed, to_dict(params), dataset=params.dataset, device="cpu", root=root)
     tables = run.save_tables(fig2.run(params, seed=seed, device="cpu"))
     run.save_claims(claims_table("fig2", fig2.claims(tables)))
     run.finish()

@@ -161,9 +161,9 @@ def test_negative_control_constructed_tables():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_every_contract_file(results_root):
+def test_papermill_run_writes_every_contract_file(results_root, config_dir):
     args = [x for k, v in TINY.items() for x in ("-p", k, str(v))]
     assert main(["run", "spp", "--profile", "quick", "--seed", "0", "--device", "cpu", *args]) == 0
-    folder = results_root / "spp" / "quick" / "seed=0"
+    folder = config_dir(["run", "spp", "--profile", "quick", *args]) / "seed=0"
     assert {p.name for p in folder.iterdir()} == {"spp.ipynb", "run.json", "signal_propagation.csv", "claims.csv", "spp.png"}
     assert pd.read_csv(folder / "claims.csv")["passed"].all()

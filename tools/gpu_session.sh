@@ -290,13 +290,18 @@ cmd_fig1() {
     fi
     phase fig1 "$(left)" - $PYTHON -m nfstudy run fig1 --profile paper --seed 0 --device "$DEVICE" "${data_args[@]}" --results "$RESULTS" \
         -p fuse on -p epochs "$EPOCHS" -p extend_until_plateau False "${smoke_params[@]}" "${series_params[@]}"
-    local seed="$RESULTS/fig1/paper/seed=0"
+    # Not the paper profile's own parameters (epochs, series, ...): the run's own configuration
+    # folder, results/fig1/paper+<what differs>-<hash>/ (nfstudy/identity.py), the one just written.
+    local config
+    config=$(ls -td "$RESULTS"/fig1/paper*/ 2>/dev/null | head -n 1)
+    config=${config%/}
+    local seed="$config/seed=0"
     for f in outcomes.csv claims.csv run.json; do
         [ -f "$seed/$f" ] && cp "$seed/$f" "$OUT_DIR/$f"
     done
-    [ -f "$RESULTS/fig1/paper/claims.csv" ] && cp "$RESULTS/fig1/paper/claims.csv" "$OUT_DIR/claims_over_seeds.csv"
+    [ -f "$config/claims.csv" ] && cp "$config/claims.csv" "$OUT_DIR/claims_over_seeds.csv"
     # the whole folder, a stopped run's attempt included (its per-series history.csv), without checkpoint weights
-    pack_files "$OUT_DIR/fig1.tar.gz" "$RESULTS/fig1/paper" "$OUT_DIR/calibration"
+    pack_files "$OUT_DIR/fig1.tar.gz" "$config" "$OUT_DIR/calibration"
     rm -rf "$OUT_DIR/calibration"
     finish
 }
