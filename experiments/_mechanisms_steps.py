@@ -44,7 +44,7 @@ def fig4_section(s: Mechanisms, device) -> tuple[pd.DataFrame, pd.DataFrame, pd.
             over["n_fractions"] = s.fig4_fractions
         params = _params("fig4", dataset, s, **over)
         for seed in progress(s.seeds, desc=f"mechanisms fig4 {dataset}", unit="seed"):
-            tables = fig4.run(params, seed=seed, device=device)
+            tables = {k: v.assign(seed=seed) for k, v in fig4.run(params, seed=seed, device=device).items()}  # as saved
             moments, losses, protocol = tables["channel_moments"], tables["update_loss"], tables["lr_protocol"]
             paper_layers = [k for k in scaled(sorted(fig4.PAPER_MAX_VARIANCE), s.depth)]
             shown = {**tables, "channel_moments": moments[moments["layer"].isin(paper_layers)]}
